@@ -1,0 +1,151 @@
+"""Core data types and the protocols of the five slots.
+
+Everything here is numpy-only: importing it never imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .errors import InputError
+
+#: Pixel sizes served, nm/px: 12,000,000x (~0.005 nm/px) to 400,000x (~0.5 nm/px),
+#: with head room for overview images and sub-pm calibrations.
+PIXEL_SIZE_RANGE_NM = (1e-4, 1e3)
+
+
+@dataclass
+class Micrograph:
+    """A 2-D micrograph: float32 pixels plus calibration and provenance.
+
+    ``pixel_size_nm`` is ``None`` when the file carries no calibration.
+    ``name`` is the file name, with ``#k`` appended for frame *k* of a stack.
+    """
+
+    data: np.ndarray
+    pixel_size_nm: float | None = None
+    modality: str | None = None
+    source: Path | None = None
+    name: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        data = np.asarray(self.data)
+        label = self.name or (str(self.source) if self.source else "micrograph")
+        if data.ndim != 2:
+            raise InputError(f"{label}: a micrograph must be 2-D, got shape {data.shape}")
+        if data.size == 0:
+            raise InputError(f"{label}: the image is empty (shape {data.shape})")
+        if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise InputError(f"{label}: pixel type {data.dtype} is not a real-valued image")
+        self.data = data.astype(np.float32, copy=False)
+        if self.pixel_size_nm is not None:
+            size = float(self.pixel_size_nm)
+            if not (PIXEL_SIZE_RANGE_NM[0] <= size <= PIXEL_SIZE_RANGE_NM[1]):
+                raise InputError(f"{label}: pixel size {size!r} nm is outside "
+                                 f"{PIXEL_SIZE_RANGE_NM[0]}–{PIXEL_SIZE_RANGE_NM[1]} nm")
+            self.pixel_size_nm = size
+        if not self.name:
+            self.name = self.source.name if self.source else "micrograph"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape  # type: ignore[return-value]
+
+    def require_finite(self) -> None:
+        """Raise :class:`InputError` naming the image if any pixel is NaN or inf."""
+        bad = ~np.isfinite(self.data)
+        if bad.any():
+            raise InputError(f"{self.name}: {int(bad.sum())} of {bad.size} pixels are NaN or infinite")
+
+
+@dataclass
+class Instances:
+    """Objects found in (or drawn for) a micrograph, on its pixel grid.
+
+    ``labels``: int32 image, 0 = background, 1..N = objects. ``points``: (N, 2)
+    float array of atom centres as (row, column). Either may be ``None``; an
+    atom finder sets both (points and small disks).
+    ``scores``: optional per-object confidence, indexed like the labels 1..N
+    (or the points).
+    """
+
+    labels: np.ndarray | None = None
+    points: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.labels is None and self.points is None:
+            raise InputError("Instances need a label image, points, or both")
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+                raise InputError(f"labels must be a 2-D integer image, got {labels.dtype} {labels.shape}")
+            self.labels = labels.astype(np.int32, copy=False)
+        if self.points is not None:
+            points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+            self.points = points
+
+    @property
+    def count(self) -> int:
+        if self.points is not None:
+            return len(self.points)
+        return len(np.unique(self.labels[self.labels > 0]))
+
+
+@runtime_checkable
+class PriorExtractor(Protocol):
+    """image -> instance masks/points, from unlabelled micrographs."""
+
+    def extract(self, micrograph: Micrograph) -> Instances: ...
+
+
+@runtime_checkable
+class PhysicsAdapter(Protocol):
+    """Clean image -> micrograph as a given modality and microscope record it."""
+
+    def fit(self, micrographs: Sequence[Micrograph]) -> Mapping[str, Any]:
+        """Estimate imaging conditions from real micrographs; return and keep them."""
+
+    def apply(self, clean: np.ndarray, pixel_size_nm: float, rng: np.random.Generator,
+              layout: Any = None) -> np.ndarray:
+        """Degrade a clean image (float32, arbitrary units) as the microscope would."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Label map (+ per-object attributes) -> clean, noise-free image."""
+
+    def fit(self, label_maps: Sequence[np.ndarray], images: Sequence[Micrograph],
+            workdir: Path) -> Mapping[str, Any]: ...
+
+    def generate(self, layouts: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Micrograph -> instances; trainable on (image, label) pairs."""
+
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[Instances],
+            workdir: Path) -> Mapping[str, Any]: ...
+
+    def predict(self, micrograph: Micrograph) -> Instances: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def load(self, directory: Path) -> None: ...
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """(prediction, truth) -> named numbers."""
+
+    def __call__(self, prediction: Any, truth: Any) -> dict[str, float]: ...

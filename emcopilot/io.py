@@ -1,0 +1,277 @@
+"""Micrograph readers with calibration.
+
+Microscope formats (``.dm3 .dm4 .emd .ser .emi .mrc .hspy`` and calibrated
+``.tif``) are read with rosettasciio, which knows each vendor's metadata;
+plain images (``.png .jpg``, uncalibrated ``.tif``) with tifffile/imageio.
+Every reader returns :class:`~emcopilot.interfaces.Micrograph` objects in
+float32 with ``pixel_size_nm`` from the file, or ``None`` when the file has no
+spatial calibration. Stacks become one micrograph per frame, named ``file#k``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError, ReadError
+from .interfaces import Micrograph
+
+log = logging.getLogger(__name__)
+
+#: extension -> rosettasciio plugin module
+RSCIIO_READERS = {
+    ".dm3": "rsciio.digitalmicrograph",
+    ".dm4": "rsciio.digitalmicrograph",
+    ".emd": "rsciio.emd",
+    ".ser": "rsciio.tia",
+    ".emi": "rsciio.tia",
+    ".mrc": "rsciio.mrc",
+    ".hspy": "rsciio.hspy",
+    ".tif": "rsciio.tiff",
+    ".tiff": "rsciio.tiff",
+}
+PLAIN_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp"}
+SUPPORTED_EXTENSIONS = set(RSCIIO_READERS) | PLAIN_IMAGE_EXTENSIONS
+
+#: length unit -> nanometres
+NM_PER_UNIT = {
+    "m": 1e9, "cm": 1e7, "mm": 1e6, "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3,
+    "nm": 1.0, "Å": 0.1, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "ang": 0.1, "pm": 1e-3,
+}
+
+#: Frames larger than this (pixels) are refused rather than exhausting memory.
+MAX_PIXELS = 16384 * 16384
+
+
+def to_nm(value: float, unit: Any) -> float | None:
+    """Convert a length with a unit string to nm; ``None`` if the unit is not a length."""
+    if unit is None:
+        return None
+    key = str(unit).strip()
+    factor = NM_PER_UNIT.get(key, NM_PER_UNIT.get(key.lower()))
+    if factor is None:
+        return None
+    return float(value) * factor
+
+
+def to_grey(data: np.ndarray, channels_last: bool = True) -> np.ndarray:
+    """RGB(A) to grey (luminance, ITU-R BT.601).
+
+    rsciio returns colour as a structured dtype; plain readers as a trailing
+    axis of 3 or 4 channels (``channels_last``).
+    """
+    data = np.asarray(data)
+    if data.dtype.names is not None:
+        data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
+        channels_last = True
+    if channels_last and data.ndim == 3 and data.shape[-1] in (3, 4):
+        rgb = data[..., :3].astype(np.float32)
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if channels_last and data.ndim == 3 and data.shape[-1] == 1:
+        return data[..., 0]
+    return data
+
+
+def _check_pixels(data: np.ndarray, label: str) -> np.ndarray:
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if np.iscomplexobj(data):
+        raise ReadError(f"{label}: complex-valued pixels ({data.dtype}); export the amplitude or phase first")
+    if not np.issubdtype(data.dtype, np.number):
+        raise ReadError(f"{label}: pixel type {data.dtype} is not numeric")
+    if data.size == 0 or min(data.shape) < 2:
+        raise ReadError(f"{label}: the image is {'x'.join(map(str, data.shape))} pixels; need at least 2x2")
+    if data.size > MAX_PIXELS:
+        raise ReadError(f"{label}: {data.shape[1]}x{data.shape[0]} pixels exceeds the limit of "
+                        f"{MAX_PIXELS:,} pixels per frame; crop or bin it first")
+    if data.dtype == np.uint64 or data.dtype == np.int64:
+        if data.size and np.abs(data).max() > 2**24:
+            warnings.warn(f"{label}: {data.dtype} values above 2^24 lose precision in float32", stacklevel=3)
+    out = data.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.all():
+        raise ReadError(f"{label}: every pixel is NaN or infinite")
+    if bad.any():
+        raise ReadError(f"{label}: {int(bad.sum())} of {bad.size} pixels are NaN or infinite")
+    return out
+
+
+def _calibration(axes: Sequence[dict], label: str) -> tuple[float | None, dict[str, Any]]:
+    """Pixel size in nm from the two signal axes; records what was found."""
+    spatial = [axis for axis in axes if not axis.get("navigate", False)][-2:]
+    sizes = [to_nm(axis.get("scale", 1.0), axis.get("units")) for axis in spatial]
+    record: dict[str, Any] = {"axes": [{"name": str(a.get("name")), "scale": float(a.get("scale", 1.0)),
+                                        "units": str(a.get("units"))} for a in spatial]}
+    if len(sizes) != 2 or any(size is None or not np.isfinite(size) or size <= 0 for size in sizes):
+        return None, record
+    row_nm, col_nm = sizes
+    if not np.isclose(row_nm, col_nm, rtol=1e-3):
+        mean = (row_nm + col_nm) / 2
+        warnings.warn(f"{label}: non-square pixels ({col_nm:.5g} x {row_nm:.5g} nm); "
+                      f"using the mean {mean:.5g} nm", stacklevel=3)
+        record["non_square_pixels_nm"] = [col_nm, row_nm]
+        return mean, record
+    return col_nm, record
+
+
+def _modality(metadata: dict) -> str | None:
+    instrument = metadata.get("Acquisition_instrument", {}) or {}
+    for key in ("TEM", "SEM"):
+        detector = (instrument.get(key, {}) or {}).get("Detector", {}) or {}
+        for name in detector:
+            if "haadf" in str(name).lower():
+                return "haadf-stem"
+    title = str(metadata.get("General", {}).get("title", "")).lower()
+    if "haadf" in title:
+        return "haadf-stem"
+    if "bf" in title.split() or "bright" in title:
+        return "bf-stem"
+    return None
+
+
+def _frames(data: np.ndarray, axes: Sequence[dict]) -> Iterator[tuple[int | None, np.ndarray]]:
+    """Split an n-D signal into 2-D frames; navigation axes become frame indices."""
+    if data.ndim == 2:
+        yield None, data
+        return
+    frames = data.reshape((-1,) + data.shape[-2:])
+    for index in range(frames.shape[0]):
+        yield index, frames[index]
+
+
+def _read_rsciio(path: Path, label: str) -> list[Micrograph]:
+    module_name = RSCIIO_READERS[path.suffix.lower()]
+    try:
+        reader = importlib.import_module(module_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            signals = reader.file_reader(str(path), lazy=False)
+    except Exception as error:
+        raise ReadError(f"{label}: {module_name} could not read it: {type(error).__name__}: {error}") from None
+    micrographs = []
+    images = [s for s in signals if np.asarray(s["data"]).ndim >= 2]
+    if not images:
+        raise ReadError(f"{label}: {module_name} found no image in the file")
+    for signal_index, signal in enumerate(images):
+        data = to_grey(signal["data"], channels_last=False)
+        axes = list(signal.get("axes", []))
+        pixel_size_nm, calibration = _calibration(axes, label)
+        metadata = signal.get("metadata", {}) or {}
+        for frame_index, frame in _frames(data, axes):
+            parts = [str(signal_index)] if len(images) > 1 else []
+            parts += [str(frame_index)] if frame_index is not None else []
+            name = path.name + ("#" + ".".join(parts) if parts else "")
+            micrographs.append(_micrograph(frame, pixel_size_nm, path, name, label, reader=module_name,
+                                           calibration=calibration, modality=_modality(metadata),
+                                           title=str(metadata.get("General", {}).get("title", ""))))
+    return micrographs
+
+
+def _read_plain(path: Path, label: str) -> list[Micrograph]:
+    try:
+        import imageio.v3 as iio
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = iio.imread(path)
+    except Exception as error:
+        raise ReadError(f"{label}: imageio could not read it: {type(error).__name__}: {error}") from None
+    data = to_grey(data)
+    if data.ndim == 3:
+        return [_micrograph(frame, None, path, f"{path.name}#{index}", label, reader="imageio")
+                for index, frame in enumerate(data)]
+    return [_micrograph(data, None, path, path.name, label, reader="imageio")]
+
+
+def _micrograph(frame: np.ndarray, pixel_size_nm: float | None, path: Path, name: str, label: str,
+                **metadata: Any) -> Micrograph:
+    pixels = _check_pixels(np.asarray(frame), f"{label}" + (name[len(path.name):] if name != path.name else ""))
+    try:
+        return Micrograph(pixels, pixel_size_nm=pixel_size_nm, modality=metadata.get("modality"),
+                          source=path, name=name, metadata=metadata)
+    except InputError as error:
+        raise ReadError(str(error)) from None
+
+
+def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None) -> list[Micrograph]:
+    """Read one file into one micrograph per frame.
+
+    ``pixel_size_nm`` overrides the file's calibration (or supplies a missing one).
+    Raises :class:`ReadError` naming the file and the reader that failed.
+    """
+    path = Path(path)
+    label = str(path)
+    try:
+        if not path.exists():
+            raise ReadError(f"{label}: no such file")
+        if path.is_dir():
+            raise ReadError(f"{label}: is a directory; pass the files or use read_micrographs()")
+        size = path.stat().st_size
+    except OSError as error:  # permission denied, symlink loop, ...
+        raise ReadError(f"{label}: cannot access it: {error.strerror or error}") from None
+    if size == 0:
+        raise ReadError(f"{label}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ReadError(f"{label}: permission denied")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_EXTENSIONS:
+        raise ReadError(f"{label}: unsupported extension {suffix or '(none)'}; supported: "
+                        f"{', '.join(sorted(SUPPORTED_EXTENSIONS))}")
+    if suffix in (".tif", ".tiff"):
+        try:
+            micrographs = _read_rsciio(path, label)
+        except ReadError as rsciio_error:
+            try:
+                micrographs = _read_plain(path, label)
+            except ReadError:
+                raise rsciio_error from None
+    elif suffix in RSCIIO_READERS:
+        micrographs = _read_rsciio(path, label)
+    else:
+        micrographs = _read_plain(path, label)
+    if pixel_size_nm is not None:
+        for micrograph in micrographs:
+            micrograph.metadata["file_pixel_size_nm"] = micrograph.pixel_size_nm
+            micrograph.metadata["pixel_size_override"] = True
+            try:
+                micrograph.pixel_size_nm = Micrograph(micrograph.data[:2, :2], pixel_size_nm).pixel_size_nm
+            except InputError as error:
+                raise ReadError(f"{label}: --pixel-size-nm: {error}") from None
+    return micrographs
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named directly, plus supported files inside named directories (sorted).
+
+    In a directory, a ``.emi`` is skipped when its ``.ser`` files are present
+    (they hold the same images).
+    """
+    files: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file())
+            sers = {p.stem.rsplit("_", 1)[0] for p in found if p.suffix.lower() == ".ser"}
+            files += [p for p in found if not (p.suffix.lower() == ".emi" and p.stem in sers)]
+        else:
+            files.append(path)
+    return files
+
+
+def read_micrographs(paths: Iterable[str | os.PathLike], pixel_size_nm: float | None = None,
+                     errors: list[tuple[Path, str]] | None = None) -> list[Micrograph]:
+    """Read many files. With an ``errors`` list, failures are appended and the rest continue."""
+    micrographs: list[Micrograph] = []
+    for path in expand_inputs(paths):
+        try:
+            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm)
+        except ReadError as error:
+            if errors is None:
+                raise
+            log.warning("%s", error)
+            errors.append((path, str(error)))
+    return micrographs

@@ -1,0 +1,1 @@
+"""Built-in metrics: image quality (image.py) and segmentation (segmentation.py)."""

@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML package data; see ``emcopilot recipes``)."""
