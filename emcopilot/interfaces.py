@@ -97,6 +97,19 @@ class Instances:
         return len(np.unique(self.labels[self.labels > 0]))
 
 
+@dataclass(frozen=True)
+class TrainBudget:
+    """How much a trainable component may train (from the recipe's profile)."""
+
+    steps: int
+    batch_size: int = 8
+    crop_px: int = 128
+    seed: int = 0
+    max_minutes: float | None = None
+    device: str = "auto"  # "auto" -> CUDA when available, else CPU
+    progress: bool = True
+
+
 @runtime_checkable
 class PriorExtractor(Protocol):
     """image -> instance masks/points, from unlabelled micrographs."""
@@ -108,8 +121,11 @@ class PriorExtractor(Protocol):
 class PhysicsAdapter(Protocol):
     """Clean image -> micrograph as a given modality and microscope record it."""
 
-    def fit(self, micrographs: Sequence[Micrograph]) -> Mapping[str, Any]:
-        """Estimate imaging conditions from real micrographs; return and keep them."""
+    def fit(self, micrographs: Sequence[Micrograph]) -> dict[str, Any]:
+        """Estimate imaging conditions from real micrographs; keep and return them (JSON-able)."""
+
+    def restore(self, fitted: Mapping[str, Any]) -> None:
+        """Use conditions returned earlier by :meth:`fit` (resuming a run)."""
 
     def apply(self, clean: np.ndarray, pixel_size_nm: float, rng: np.random.Generator,
               layout: Any = None) -> np.ndarray:
@@ -121,9 +137,11 @@ class Generator(Protocol):
     """Label map (+ per-object attributes) -> clean, noise-free image."""
 
     def fit(self, label_maps: Sequence[np.ndarray], images: Sequence[Micrograph],
-            workdir: Path) -> Mapping[str, Any]: ...
+            workdir: Path, *, budget: TrainBudget) -> dict[str, Any]:
+        """Learn (label map -> real image); return a JSON-able history/metrics dict."""
 
-    def generate(self, layouts: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]: ...
+    def generate(self, layouts: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]:
+        """Clean images for :class:`emcopilot.layout.Layout` objects (no detector noise)."""
 
     def save(self, directory: Path) -> None: ...
 
@@ -135,7 +153,8 @@ class Segmenter(Protocol):
     """Micrograph -> instances; trainable on (image, label) pairs."""
 
     def fit(self, images: Sequence[np.ndarray], labels: Sequence[Instances],
-            workdir: Path) -> Mapping[str, Any]: ...
+            workdir: Path, *, budget: TrainBudget) -> dict[str, Any]:
+        """Train on images at the recipe's working pixel size; return a JSON-able history."""
 
     def predict(self, micrograph: Micrograph) -> Instances: ...
 
