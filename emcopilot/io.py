@@ -156,7 +156,7 @@ def _read_rsciio(path: Path, label: str) -> list[Micrograph]:
     micrographs = []
     images = [s for s in signals if np.asarray(s["data"]).ndim >= 2]
     if not images:
-        raise ReadError(f"{label}: {module_name} found no image in the file")
+        raise ReadError(f"{label}: {module_name} could not read it: the file holds no image")
     for signal_index, signal in enumerate(images):
         data = to_grey(signal["data"], channels_last=False)
         axes = list(signal.get("axes", []))

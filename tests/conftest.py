@@ -1,0 +1,100 @@
+"""Shared fixtures.
+
+``fake_registry`` builds a registry from in-test plugins only (entry-point
+discovery blocked), so core behaviour is tested without the built-ins.
+``shared_data`` is the development data folder; tests using it skip when it
+is absent (for example on a machine without ../shared).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from emcopilot import Param, hookimpl
+from emcopilot.plugins import build_registry, use_registry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EMCOPILOT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"development data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def _factory(params, sample):
+    return SimpleNamespace(params=params, sample=sample)
+
+
+class FakePlugin:
+    """One component per slot, with a small params schema."""
+
+    @hookimpl
+    def register_prior_extractors(self, register):
+        register("blobs", _factory, params={"threshold": Param(0.5, float, min=0.0, max=1.0),
+                                            "radius_nm": Param(1.0, float, min=0.0, unit="nm")},
+                 description="test extractor")
+
+    @hookimpl
+    def register_generators(self, register):
+        register("flat", _factory, description="test generator")
+
+    @hookimpl
+    def register_physics_adapters(self, register):
+        register("noisy", _factory, params={"dose_e_per_A2": Param(1000.0, float, min=0.0),
+                                            "mode": Param("poisson", str, choices=("poisson", "gauss"))})
+
+    @hookimpl
+    def register_segmenters(self, register):
+        register("net", _factory, params={"depth": Param(3, int, min=1, max=8),
+                                          "channels": Param([16, 32], list, items=int)})
+
+    @hookimpl
+    def register_metrics(self, register):
+        register("count", _factory)
+
+
+@pytest.fixture
+def fake_registry():
+    registry = build_registry([("fake", FakePlugin())])
+    use_registry(registry)
+    yield registry
+    use_registry(None)
+
+
+GOOD_RECIPE = """\
+name: test-recipe
+description: a recipe for tests
+sample:
+  material: Pt
+  modality: haadf-stem
+  diameter_nm: [1.0, 5.0]
+  pixel_size_nm: 0.2
+prior_extractor:
+  plugin: blobs
+  params: {threshold: 0.3}
+generator:
+  plugin: flat
+physics_adapter:
+  plugin: noisy
+segmenter:
+  plugin: net
+metrics:
+  - plugin: count
+train:
+  seed: 1
+  profiles:
+    fast: {segmenter_steps: 10}
+"""
+
+
+@pytest.fixture
+def good_recipe(tmp_path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD_RECIPE)
+    return path

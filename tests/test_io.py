@@ -1,0 +1,169 @@
+"""Micrograph readers: calibration, units, colour, stacks, and bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emcopilot import Micrograph, ReadError
+from emcopilot.interfaces import InputError
+from emcopilot.io import expand_inputs, read_micrograph, read_micrographs, to_nm
+
+# DESIGN/data README: pixel sizes of the format examples (nm/px), to 4 significant digits
+FORMAT_PIXEL_SIZES_NM = {
+    "particlespy/jeol_haadf.dm4": [1.2490],
+    "particlespy/sio2_haadf.hspy": [8.5524],
+    "rosettasciio/test_STEM_image.dm3": [0.2485],
+    "rosettasciio/HAADFscan.mrc": [5.679],
+    "rosettasciio/fei_example_tem_stack.emd": [0.008173, 0.008173],
+    "rosettasciio/64x64_TEM_images_acquire.emi": [6.282],
+    "rosettasciio/64x64_TEM_images_acquire_1.ser": [6.282],
+}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("relative", sorted(FORMAT_PIXEL_SIZES_NM))
+def test_format_examples_read_with_calibration(shared_data, relative):
+    micrographs = read_micrograph(shared_data / "formats" / relative)
+    sizes = [m.pixel_size_nm for m in micrographs]
+    expected = FORMAT_PIXEL_SIZES_NM[relative]
+    assert len(sizes) == len(expected)
+    for got, want in zip(sizes, expected):
+        assert got == pytest.approx(want, rel=5e-4), (relative, got)  # 4 significant digits
+    for micrograph in micrographs:
+        assert micrograph.data.dtype == np.float32 and micrograph.data.ndim == 2
+
+
+@pytest.mark.shared_data
+def test_stack_frames_are_named(shared_data):
+    names = [m.name for m in read_micrograph(shared_data / "formats/rosettasciio/fei_example_tem_stack.emd")]
+    assert names == ["fei_example_tem_stack.emd#0", "fei_example_tem_stack.emd#1"]
+
+
+@pytest.mark.shared_data
+def test_acstem_tiff_and_ardagen_jpeg(shared_data):
+    [tif] = read_micrograph(next((shared_data / "acstem-dev/images").glob("*.tif")))
+    assert tif.shape == (512, 512) and float(f"{tif.pixel_size_nm:.5g}") == 0.029297
+    [jpg] = read_micrograph(shared_data / "ardagen-dev/images/Cu1.jpg")
+    assert jpg.pixel_size_nm is None and jpg.data.ndim == 2
+    [override] = read_micrograph(shared_data / "ardagen-dev/images/Cu1.jpg", pixel_size_nm=0.25)
+    assert override.pixel_size_nm == 0.25 and override.metadata["pixel_size_override"]
+
+
+@pytest.mark.shared_data
+def test_directory_skips_emi_when_ser_present(shared_data):
+    names = [p.name for p in expand_inputs([shared_data / "formats/rosettasciio"])]
+    assert "64x64_TEM_images_acquire_1.ser" in names
+    assert "64x64_TEM_images_acquire.emi" not in names
+
+
+@pytest.mark.parametrize("value, unit, nm", [(1, "nm", 1.0), (2, "Å", 0.2), (3, "A", 0.3), (500, "pm", 0.5),
+                                             (0.01, "µm", 10.0), (0.01, "um", 10.0), (1e-9, "m", 1.0)])
+def test_unit_conversion(value, unit, nm):
+    assert to_nm(value, unit) == pytest.approx(nm)
+
+
+def test_unit_conversion_rejects_non_lengths():
+    assert to_nm(1.0, "1/nm") is None and to_nm(1.0, "s") is None and to_nm(1.0, None) is None
+
+
+def test_rgb_png_becomes_grey(tmp_path):
+    import imageio.v3 as iio
+    rgb = np.zeros((8, 9, 3), np.uint8)
+    rgb[..., 1] = 200
+    iio.imwrite(tmp_path / "c.png", rgb)
+    [micrograph] = read_micrograph(tmp_path / "c.png")
+    assert micrograph.shape == (8, 9)
+    assert micrograph.data.mean() == pytest.approx(0.587 * 200, rel=1e-3)
+
+
+def test_tiff_stack_and_calibration_roundtrip(tmp_path):
+    import tifffile
+    stack = np.random.default_rng(0).integers(0, 1000, (3, 16, 20)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    micrographs = read_micrograph(tmp_path / "s.tif")
+    assert [m.name for m in micrographs] == ["s.tif#0", "s.tif#1", "s.tif#2"]
+    np.testing.assert_array_equal(micrographs[2].data, stack[2])
+
+
+def test_non_square_pixels_warn_and_use_mean(tmp_path):
+    from rsciio import tiff
+    axes = [{"name": "y", "scale": 0.3, "units": "nm", "size": 10, "offset": 0, "navigate": False},
+            {"name": "x", "scale": 0.2, "units": "nm", "size": 10, "offset": 0, "navigate": False}]
+    tiff.file_writer(str(tmp_path / "ns.tif"), {"data": np.ones((10, 10), np.uint16), "axes": axes,
+                                                "metadata": {}, "original_metadata": {}})
+    with pytest.warns(UserWarning, match="non-square pixels"):
+        [micrograph] = read_micrograph(tmp_path / "ns.tif")
+    assert micrograph.pixel_size_nm == pytest.approx(0.25)
+    assert micrograph.metadata["calibration"]["non_square_pixels_nm"] == pytest.approx([0.2, 0.3])
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.dm4", b"", "empty"),
+    ("corrupt.dm4", b"not a dm4 file at all" * 10, "rsciio.digitalmicrograph could not read"),
+    ("corrupt.emd", b"\x89HDF garbage" * 10, "rsciio.emd could not read"),
+    ("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "imageio could not read"),
+    ("corrupt.tif", b"II*\x00" + b"\xff" * 40, "could not read"),
+    ("notes.txt", b"hello", "unsupported extension"),
+])
+def test_bad_files_name_the_file_and_reader(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ReadError) as error:
+        read_micrograph(path)
+    assert str(path) in str(error.value) and reason in str(error.value)
+
+
+def test_truncated_png(tmp_path):
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "full.png", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    raw = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ReadError, match="cut.png"):
+        read_micrograph(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("array, reason", [
+    (np.full((8, 8), np.nan, np.float32), "NaN or infinite"),
+    (np.where(np.eye(8) > 0, np.inf, 1.0).astype(np.float32), "8 of 64 pixels are NaN"),
+    (np.ones((1, 1), np.float32), "need at least 2x2"),
+    (np.ones((8, 8), np.complex64), "complex"),
+])
+def test_bad_pixels(tmp_path, array, reason):
+    import tifffile
+    tifffile.imwrite(tmp_path / "bad.tif", array)
+    with pytest.raises(ReadError, match=reason):
+        read_micrograph(tmp_path / "bad.tif")
+
+
+def test_batch_collects_errors_and_continues(tmp_path):
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "b.png").write_bytes(b"")
+    errors = []
+    micrographs = read_micrographs([tmp_path], errors=errors)
+    assert [m.name for m in micrographs] == ["a.png"]
+    assert [path.name for path, _ in errors] == ["b.png"]
+    with pytest.raises(ReadError):
+        read_micrographs([tmp_path])
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ReadError, match="no such file"):
+        read_micrograph(tmp_path / "absent.dm4")
+    with pytest.raises(ReadError, match="is a directory"):
+        read_micrograph(tmp_path)
+
+
+def test_pixel_size_override_is_range_checked(tmp_path):
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ReadError, match="pixel size"):
+        read_micrograph(tmp_path / "a.png", pixel_size_nm=-1.0)
+
+
+def test_micrograph_validates():
+    with pytest.raises(InputError, match="2-D"):
+        Micrograph(np.zeros((2, 2, 2)))
+    with pytest.raises(InputError, match="outside"):
+        Micrograph(np.zeros((2, 2)), pixel_size_nm=0.0)
+    assert Micrograph(np.zeros((2, 2), bool)).data.dtype == np.float32
