@@ -1,0 +1,78 @@
+"""``emcopilot plugins / recipes / validate / --version`` and import hygiene."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from emcopilot import __version__
+from emcopilot.cli import main
+from emcopilot.plugins import SLOTS
+from emcopilot.recipe import recipe_index
+
+BUILTIN_RECIPES = ["nanoparticles-haadf", "nanoparticles-bf-stem", "subnm-clusters-haadf",
+                   "single-atom-catalyst-haadf"]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"emcopilot {__version__}"
+
+
+def test_plugins_json_lists_builtins_with_contract_fields(capsys):
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows, "no plugins listed"
+    for row in rows:
+        assert {"name", "slot", "distribution", "version", "error"} <= set(row)
+        if row["error"] is None:
+            assert row["slot"] in SLOTS and row["distribution"] == "emcopilot" and row["version"] == __version__
+
+
+def test_plugins_slot_filter(capsys, fake_registry):
+    assert main(["plugins", "--slot", "segmenter", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["net"]
+    assert main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    assert "prior_extractor:" in text and "blobs" in text
+
+
+def test_builtin_recipes_are_registered():
+    assert set(BUILTIN_RECIPES) <= set(recipe_index())
+
+
+@pytest.mark.parametrize("name", BUILTIN_RECIPES)
+def test_builtin_recipes_validate(name, capsys):
+    assert main(["validate", name]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"ok: {name}")
+
+
+def test_validate_error_exits_nonzero_with_location(tmp_path, capsys, fake_registry):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsample: {pixel_size_nm: fast}\n")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: sample.pixel_size_nm:" in err and "must be a number" in err
+
+
+def test_listing_and_validating_do_not_import_torch():
+    code = ("import sys; from emcopilot.cli import main;"
+            "main(['plugins', '--json']); main(['recipes']); main(['validate', 'nanoparticles-haadf']);"
+            "heavy = [m for m in ('torch', 'segment_anything', 'torchvision', 'skimage') if m in sys.modules];"
+            "print('HEAVY', heavy, file=sys.stderr)")
+    result = run_python(code)
+    assert "HEAVY []" in result.stderr, result.stderr[-2000:]
+
+
+def test_recipes_command_lists_descriptions(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in BUILTIN_RECIPES:
+        assert name in out

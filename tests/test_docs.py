@@ -1,0 +1,20 @@
+"""The README's commands and the CI script stay in step."""
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    lines = (REPO / "README.md").read_text().splitlines()
+    return [line.strip() for line in lines[:20] if line.startswith("python3.11 -m venv")]
+
+
+def test_readme_starts_with_run_and_test_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert commands[0].split("&&")[-1].strip().startswith("emcopilot ")
+    assert "pytest" in commands[1].split("&&")[-1]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert readme_commands()[1] in (REPO / ".ci" / "run").read_text().splitlines()
