@@ -1,0 +1,180 @@
+"""A run directory: exclusive lock, atomic writes, cached stages, provenance.
+
+Every output is written to a temporary file in the same folder and moved into
+place with ``os.replace``, so a killed run never leaves a half-written CSV,
+TIFF or JSON. A stage's outputs live in ``stages/<stage>/`` next to a
+``key.json`` holding the hash of the stage's inputs and settings; a re-run
+whose key matches reuses them (resume), anything else recomputes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import EmcopilotError
+
+
+class RunLockedError(EmcopilotError):
+    """Another emcopilot process is using the same output directory."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default, separators=(",", ":"))
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, default=_json_default) + "\n")
+
+
+def write_tiff(path: Path, array: np.ndarray) -> None:
+    import tifffile
+    with atomic_path(path) as temporary:
+        tifffile.imwrite(temporary, array, compression="zlib")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class RunDirectory:
+    """The ``--out`` folder of one run, held under an exclusive lock."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._lock_handle = None
+
+    def __enter__(self) -> "RunDirectory":
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLockedError(f"{self.root} is in use by {holder}; wait for it to finish or choose "
+                                 "another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}")
+        handle.flush()
+        self._lock_handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def cached(self, stage: str, key: str) -> bool:
+        """True when ``stage`` completed earlier with the same key."""
+        marker = self.stage_dir(stage) / "key.json"
+        try:
+            return read_json(marker).get("key") == key
+        except (OSError, ValueError):
+            return False
+
+    def run_stage(self, stage: str, key: str, compute: Callable[[Path], Any],
+                  force: bool = False) -> tuple[Path, bool]:
+        """Run ``compute(directory)`` unless cached; returns ``(directory, reused)``.
+
+        The stage directory is cleared before computing and the key is written
+        last, so an interrupted stage is recomputed on the next run.
+        """
+        directory = self.stage_dir(stage)
+        if not force and self.cached(stage, key):
+            return directory, True
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        compute(directory)
+        write_json(directory / "key.json", {"stage": stage, "key": key})
+        return directory, False
+
+    def invalidate_from(self, stages: list[str], first: str) -> None:
+        """Forget ``first`` and every later stage (``--force STAGE``)."""
+        for stage in stages[stages.index(first):]:
+            marker = self.stage_dir(stage) / "key.json"
+            if marker.exists():
+                marker.unlink()
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device, for ``run.json``."""
+    from importlib import metadata
+    versions = {}
+    for package in ("emcopilot", "numpy", "scipy", "scikit-image", "torch", "torchvision",
+                    "segment-anything", "rosettasciio", "pluggy", "pyyaml", "pandas", "dask"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    device = "cpu"
+    if "torch" in sys.modules:
+        import torch
+        if torch.cuda.is_available():
+            device = f"cuda ({torch.cuda.get_device_name(0)})"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.node(),
+            "cpu_count": os.cpu_count(), "device": device, "packages": versions}
