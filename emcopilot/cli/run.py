@@ -1,0 +1,37 @@
+"""``emcopilot run RECIPE --input PATH... --out DIR``: the closed loop, label-free."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "run", help="run the closed loop on unlabelled micrographs",
+        description="Extract priors, learn contrast, synthesize labelled micrographs, train a segmenter "
+                    "and measure the real images. Re-running with the same --out resumes.")
+    parser.add_argument("recipe", help="built-in recipe name or path to a YAML file")
+    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
+    parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
+    parser.add_argument("--profile", help="training profile of the recipe (default: the recipe's)")
+    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    parser.add_argument("--force", metavar="STAGE", help="redo this stage and all later ones")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args) -> int:
+    from ..loop import Loop
+    from ..recipe import load_recipe
+    recipe = load_recipe(args.recipe)
+    result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=args.pixel_size_nm,
+                  force=args.force, device=args.device, progress=not args.no_progress).run()
+    pooled = result.statistics["pooled"]
+    unit = result.statistics["unit"]
+    print(f"{len(result.micrographs)} micrograph(s), {pooled.get('detected', 0)} objects; "
+          f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
+          f"(95% CI {pooled.get('ci', {}).get('mean', '-')}) -> {result.out / 'report.html'}")
+    if result.errors:
+        print(f"{len(result.errors)} input(s) failed: see {result.out / 'errors.csv'}")
+        return 3
+    return 0

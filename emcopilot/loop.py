@@ -1,0 +1,190 @@
+"""The closed loop, stage by stage, resumable.
+
+::
+
+    read ─► extract priors ─► fit morphology prior ─► fit physics adapter ─► fit generator
+        ─► synthesize (sample layouts, generate, adapt) ─► train segmenter
+        ─► segment the real micrographs ─► measure ─► (next round) ─► report
+
+Each stage writes into ``<out>/stages/<stage>@<round>/`` with a ``key.json``
+holding the hash of everything it depends on (input SHA-256s, the resolved
+recipe, the profile, plugin versions and the previous stages' keys). Re-running
+with the same ``--out`` reuses stages whose key matches; ``force`` redoes a
+stage and everything after it.
+
+Round ``r > 1`` takes the segmenter's confident predictions on the real
+micrographs from round ``r − 1`` as its priors instead of the prior
+extractor's output. Confidence: an object is kept when its score (the
+segmenter's mean foreground probability over the object, ``Instances.scores``)
+is at least ``CONFIDENT_SCORE`` and it does not touch the frame edge (a cut
+object would teach wrong shapes and sizes).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import EmcopilotError
+from .interfaces import Instances, Micrograph, TrainBudget
+from .io import expand_inputs, read_micrograph
+from .errors import ReadError
+from .plugins import get_registry
+from .recipe import Recipe
+from .rundir import RunDirectory, digest, environment, read_json, sha256_file, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment"]
+CONFIDENT_SCORE = 0.5
+
+
+@dataclass
+class RunResult:
+    out: Path
+    micrographs: list[Micrograph]
+    instances: list[Instances]
+    table: Any
+    statistics: dict[str, Any]
+    errors: list[tuple[str, str]]
+    timings: dict[str, float] = field(default_factory=dict)
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+class Loop:
+    """One run of a recipe on a set of micrographs."""
+
+    def __init__(self, recipe: Recipe, inputs: Sequence[str | Path], out: Path, *,
+                 profile: str | None = None, pixel_size_nm: float | None = None,
+                 force: str | None = None, device: str = "auto", progress: bool = True):
+        if force is not None and force not in STAGES:
+            raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
+        self.recipe = recipe
+        self.inputs = [Path(p) for p in inputs]
+        self.out = Path(out)
+        self.profile_name = profile or recipe.train["profile"]
+        self.profile = recipe.profile(self.profile_name)
+        self.pixel_size_override = pixel_size_nm
+        self.force = force
+        self.device = device
+        self.progress = progress
+        self.seed = int(recipe.train["seed"])
+        self.registry = get_registry()
+        self.timings: dict[str, float] = {}
+        self.keys: dict[str, str] = {}
+        self.calibration: dict[str, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------- helpers
+
+    def budget(self, steps_key: str) -> TrainBudget:
+        return TrainBudget(steps=int(self.profile[steps_key]), batch_size=int(self.profile["batch_size"]),
+                           crop_px=int(self.profile["crop_px"]), seed=self.seed,
+                           max_minutes=self.profile.get("max_minutes"), device=self.device,
+                           progress=self.progress)
+
+    def component(self, slot: str) -> Any:
+        return getattr(self.recipe, slot).create(self.recipe.sample, self.registry)
+
+    def plugin_versions(self) -> dict[str, Any]:
+        out = {}
+        for slot in ("prior_extractor", "generator", "physics_adapter", "segmenter"):
+            choice = getattr(self.recipe, slot)
+            origin = self.registry.get(slot, choice.plugin).origin
+            out[slot] = {"name": choice.plugin, "distribution": origin.distribution, "version": origin.version}
+        return out
+
+    def stage(self, run: RunDirectory, name: str, round_index: int, depends: dict[str, Any], compute) -> Path:
+        stage_id = f"{name}@{round_index}"
+        key = digest({"stage": stage_id, "emcopilot": __version__, **depends})
+        self.keys[stage_id] = key
+        started = time.perf_counter()
+        force = self.force is not None and STAGES.index(name) >= STAGES.index(self.force)
+        directory, reused = run.run_stage(stage_id, key, compute, force=force)
+        self.timings[stage_id] = round(time.perf_counter() - started, 3)
+        log.info("%s %s (%.1f s)", "reused" if reused else "done", stage_id, self.timings[stage_id])
+        return directory
+
+    # ----------------------------------------------------------------- inputs
+
+    def read_inputs(self, run: RunDirectory) -> tuple[list[Micrograph], list[tuple[str, str]], dict[str, str]]:
+        micrographs, errors, hashes = [], [], {}
+        for path in expand_inputs(self.inputs):
+            try:
+                frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override)
+                hashes[str(path)] = sha256_file(path)
+            except ReadError as error:
+                log.warning("%s", error)
+                errors.append((str(path), str(error)))
+                continue
+            micrographs += frames
+        write_errors(run.root / "errors.csv", errors)
+        if not micrographs:
+            raise EmcopilotError(f"none of the {len(errors)} inputs could be read; see {run.root / 'errors.csv'}")
+        return micrographs, errors, hashes
+
+    # ----------------------------------------------------------------- run
+
+    def run(self) -> RunResult:
+        from . import stages
+        started = time.perf_counter()
+        with RunDirectory(self.out) as run:
+            micrographs, errors, hashes = self.read_inputs(run)
+            base = {"inputs": hashes, "recipe": self.recipe.as_dict(), "profile": self.profile,
+                    "pixel_size_override": self.pixel_size_override, "plugins": self.plugin_versions()}
+            state = stages.LoopState(self, run, micrographs)
+            for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
+                state.run_round(round_index, base)
+            result = state.finish(errors, hashes)
+            self.timings["total"] = round(time.perf_counter() - started, 3)
+            result.timings = dict(self.timings)
+            result.run_info = self.write_run_json(run, result, hashes, errors)
+            state.report(result, title=f"emcopilot run: {self.recipe.name}", notes=self.notes(errors))
+            return result
+
+    def notes(self, errors) -> list[str]:
+        notes = [f"Recipe {self.recipe.name!r}, profile {self.profile_name!r}, "
+                 f"{self.recipe.train['rounds']} round(s), seed {self.seed}."]
+        estimated = [name for name, c in self.calibration.items() if c.get("source") == "estimated from priors"]
+        if estimated:
+            notes.append(f"{len(estimated)} image(s) had no calibration; their pixel size was estimated from the "
+                         "priors against the recipe's expected particle sizes (see run.json, 'calibration').")
+        if errors:
+            notes.append(f"{len(errors)} input(s) could not be read; see errors.csv.")
+        return notes
+
+    def write_run_json(self, run: RunDirectory, result: RunResult, hashes: dict[str, str],
+                       errors: list[tuple[str, str]]) -> dict[str, Any]:
+        info = {
+            "emcopilot": __version__,
+            "command": "run",
+            "recipe": self.recipe.as_dict(),
+            "profile": {"name": self.profile_name, **self.profile},
+            "plugins": self.plugin_versions(),
+            "environment": environment(),
+            "seeds": {"train": self.seed},
+            "inputs": [{"path": path, "sha256": sha} for path, sha in hashes.items()],
+            "calibration": self.calibration,
+            "errors": [{"path": path, "error": message} for path, message in errors],
+            "stage_keys": self.keys,
+            "timings_s": self.timings,
+            "statistics": result.statistics.get("pooled", {}),
+            "metrics": result.run_info.get("metrics", {}),
+        }
+        write_json(run.root / "run.json", info)
+        return info
+
+
+def write_errors(path: Path, errors: Sequence[tuple[str, str]]) -> None:
+    """``errors.csv``: one row per input that failed (always written, maybe empty)."""
+    import io
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "error"])
+    writer.writerows(errors)
+    write_text(path, buffer.getvalue())

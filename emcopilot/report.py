@@ -1,0 +1,188 @@
+"""``report.html``: one self-contained file a microscopist can check by eye.
+
+Figures are drawn with matplotlib (Agg) and embedded as base64 PNG; the page
+has no scripts and loads nothing from the network.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .interfaces import Instances, Micrograph
+from .rundir import write_text
+
+MAX_OVERLAYS = 12
+OVERLAY_PX = 640
+
+
+def _figure_png(fig) -> str:
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(png_b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png_b64}">'
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(image, [0.5, 99.5])
+    return np.clip((image - low) / (high - low + 1e-12), 0, 1)
+
+
+def overlay_figure(micrograph: Micrograph, instances: Instances) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+    step = max(1, int(np.ceil(max(micrograph.shape) / OVERLAY_PX)))  # downsample big frames
+    image = _display(micrograph.data[::step, ::step])
+    fig, axis = plt.subplots(figsize=(5, 5))
+    axis.imshow(image, cmap="gray")
+    if instances.labels is not None and instances.labels.any():
+        edges = find_boundaries(instances.labels, mode="inner")[::step, ::step]
+        colour = np.zeros(edges.shape + (4,))
+        colour[edges] = (1.0, 0.55, 0.0, 0.9)
+        axis.imshow(colour)
+    if instances.points is not None and len(instances.points):
+        axis.plot(instances.points[:, 1] / step, instances.points[:, 0] / step, "o", mfc="none",
+                  mec="#00c8ff", ms=4, mew=0.8)
+    axis.set_title(f"{micrograph.name}: {instances.count} objects", fontsize=9)
+    axis.set_axis_off()
+    return _figure_png(fig)
+
+
+def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    column, unit = statistics["diameter"], statistics["unit"]
+    if not len(table) or column not in table:
+        return None
+    inside = table[~table["touches_edge"].astype(bool)]
+    diameters = inside[column].to_numpy(float)
+    diameters = diameters[np.isfinite(diameters) & (diameters > 0)]
+    if len(diameters) < 2:
+        return None
+    pooled = statistics["pooled"]
+    fig, axis = plt.subplots(figsize=(6, 3.6))
+    axis.hist(diameters, bins=min(40, max(8, len(diameters) // 5)), density=True, color="#7a9cc6",
+              edgecolor="white", label=f"n = {len(diameters)} (edge-touching excluded)")
+    fit = pooled.get("lognormal")
+    if fit:
+        grid = np.linspace(diameters.min() * 0.8, diameters.max() * 1.1, 300)
+        pdf = np.exp(-(np.log(grid) - fit["mu"]) ** 2 / (2 * fit["sigma"] ** 2)) / (grid * fit["sigma"] * np.sqrt(2 * np.pi))
+        axis.plot(grid, pdf, color="#c0392b", label=f"lognormal: median {fit['median']:.3g} {unit}, σ_ln {fit['sigma']:.2f}")
+    if "ci" in pooled:
+        low, high = pooled["ci"]["mean"]
+        axis.axvspan(low, high, color="#f1c40f", alpha=0.35, label=f"mean {pooled['mean']:.3g} {unit}, 95% CI [{low:.3g}, {high:.3g}]")
+    axis.set_xlabel(f"equivalent diameter ({unit})")
+    axis.set_ylabel("density")
+    axis.legend(fontsize=8)
+    return _figure_png(fig)
+
+
+def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray]) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    count = min(4, len(real), len(synthetic))
+    if count == 0:
+        return None
+    fig, axes = plt.subplots(2, count, figsize=(2.4 * count, 5), squeeze=False)
+    for column in range(count):
+        for row, (images, title) in enumerate(((real, "real"), (synthetic, "synthetic"))):
+            axes[row, column].imshow(_display(images[column]), cmap="gray")
+            axes[row, column].set_title(title, fontsize=8)
+            axes[row, column].set_axis_off()
+    return _figure_png(fig)
+
+
+def curves_figure(histories: Mapping[str, Mapping[str, Any]]) -> str | None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = [(stage, name, values) for stage, history in histories.items() for name, values in (history or {}).items()
+              if isinstance(values, list) and len(values) > 1 and all(isinstance(v, (int, float)) for v in values)]
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.2), squeeze=False)
+    for axis, stage in zip(axes[0], histories):
+        for _, name, values in [s for s in series if s[0] == stage]:
+            axis.plot(values, label=name)
+        axis.set_title(stage, fontsize=9)
+        axis.set_xlabel("logged step")
+        axis.set_yscale("log" if all(v > 0 for s in series if s[0] == stage for v in s[2]) else "linear")
+        axis.legend(fontsize=7)
+    return _figure_png(fig)
+
+
+def _table(rows: Mapping[str, Any]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)[:300]
+    return str(value)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:8px}.grid img{width:260px}
+table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}"""
+
+
+def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], instances: Sequence[Instances],
+                 table, statistics: Mapping[str, Any], run_info: Mapping[str, Any],
+                 synthetic: Sequence[np.ndarray] = (), histories: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> Path:
+    """Write the report; returns its path."""
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    sections += [f"<p>{html.escape(note)}</p>" for note in notes]
+    pooled = statistics.get("pooled", {})
+    unit = statistics.get("unit", "px")
+    summary = {"images": pooled.get("images"), "objects detected": pooled.get("detected"),
+               "measured (not touching the edge)": pooled.get("count"),
+               f"mean diameter ({unit})": pooled.get("mean"), f"median diameter ({unit})": pooled.get("median"),
+               f"std ({unit})": pooled.get("std"), f"volume-weighted mean ({unit})": pooled.get("volume_weighted_mean"),
+               "95% CI of the mean": (pooled.get("ci") or {}).get("mean"),
+               f"density (per {unit}²)": pooled.get("density_per_unit2")}
+    sections.append("<h2>Size distribution</h2>" + _table({k: v for k, v in summary.items() if v is not None}))
+    histogram = histogram_figure(table, statistics)
+    if histogram:
+        sections.append(_img(histogram, "size histogram with lognormal fit"))
+    chosen = list(range(len(micrographs)))[:: max(1, int(np.ceil(len(micrographs) / MAX_OVERLAYS)))]
+    overlays = "".join(_img(overlay_figure(micrographs[i], instances[i]), f"detections on {micrographs[i].name}")
+                       for i in chosen)
+    sections.append(f"<h2>Detections ({len(chosen)} of {len(micrographs)} images)</h2><div class='grid'>{overlays}</div>")
+    montage = montage_figure([m.data for m in micrographs], synthetic)
+    if montage:
+        sections.append("<h2>Real vs synthetic</h2>" + _img(montage, "real and synthetic micrographs"))
+    curves = curves_figure(histories or {})
+    if curves:
+        sections.append("<h2>Training</h2>" + _img(curves, "training curves"))
+    if metrics:
+        sections.append("<h2>Metrics</h2>" + _table(metrics))
+    per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {unit}"
+                 for name, s in statistics.get("per_image", {}).items()}
+    sections.append("<h2>Per image</h2>" + _table(per_image))
+    sections.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(run_info, indent=1, default=str)[:20000]) + "</pre>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    write_text(path, page)
+    return path

@@ -1,0 +1,287 @@
+"""The stages of :mod:`emcopilot.loop`, one method each.
+
+Every stage reads what earlier stages wrote (so a resumed run and a fresh run
+take identical paths) and writes its own outputs atomically.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .interfaces import Instances, Micrograph
+from .rundir import RunDirectory, read_json, write_json, write_tiff
+
+log = logging.getLogger(__name__)
+
+
+def _save_instances(path: Path, instances: Instances) -> None:
+    arrays = {"labels": instances.labels if instances.labels is not None else np.zeros((0, 0), np.int32)}
+    if instances.points is not None:
+        arrays["points"] = instances.points
+    if instances.scores is not None:
+        arrays["scores"] = np.asarray(instances.scores, float)
+    tmp = path.with_suffix(".part.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    write_json(path.with_suffix(".json"), instances.metadata)
+
+
+def _load_instances(path: Path) -> Instances:
+    with np.load(path) as data:
+        labels = data["labels"] if data["labels"].size else None
+        points = data["points"] if "points" in data else None
+        scores = data["scores"] if "scores" in data else None
+    return Instances(labels=labels, points=points, scores=scores, metadata=read_json(path.with_suffix(".json")))
+
+
+def _progress(items, description: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(items, desc=description, disable=not enabled, leave=False)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.#" else "_" for c in name)
+
+
+def confident(instances: Instances, shape: tuple[int, int], threshold: float) -> Instances:
+    """Objects with score >= threshold that do not touch the frame edge (next round's priors)."""
+    if instances.labels is None:
+        keep = np.ones(len(instances.points), bool) if instances.scores is None else np.asarray(instances.scores) >= threshold
+        return Instances(points=instances.points[keep], metadata=dict(instances.metadata, confident_of=int(len(keep))))
+    labels = instances.labels.copy()
+    ids = np.unique(labels[labels > 0])
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    scores = instances.scores
+    drop = set(edge[edge > 0].tolist())
+    if scores is not None and len(scores) >= ids.max(initial=0):
+        drop |= {int(i) for i in ids if scores[int(i) - 1] < threshold}
+    if drop:
+        labels[np.isin(labels, list(drop))] = 0
+    points = None
+    if instances.points is not None:
+        rows = np.clip(instances.points[:, 0].round().astype(int), 0, shape[0] - 1)
+        cols = np.clip(instances.points[:, 1].round().astype(int), 0, shape[1] - 1)
+        points = instances.points[labels[rows, cols] > 0]
+    return Instances(labels=labels, points=points,
+                     metadata=dict(instances.metadata, confident_of=int(len(ids)), kept=int(len(ids) - len(drop))))
+
+
+class LoopState:
+    """What the loop knows between stages of one run."""
+
+    def __init__(self, loop, run: RunDirectory, micrographs: list[Micrograph]):
+        self.loop, self.run, self.micrographs = loop, run, micrographs
+        self.sample = loop.recipe.sample
+        self.working_px = float(self.sample.pixel_size_nm)
+        self.priors: list[Instances] = []
+        self.predictions: list[Instances] = []
+        self.history: dict[str, Any] = {}
+        self.metrics: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ round
+
+    def run_round(self, round_index: int, base: dict[str, Any]) -> None:
+        loop = self.loop
+        keys = lambda *names: {n: loop.keys[f"{n}@{round_index}"] for n in names}  # noqa: E731
+        if round_index == 1:
+            loop.stage(self.run, "extract", 1, base, self.extract)
+        else:
+            previous = {"segment": loop.keys[f"segment@{round_index - 1}"], "base": base}
+            loop.stage(self.run, "extract", round_index, previous, self.priors_from_predictions(round_index))
+        self.load_priors(round_index)
+        loop.stage(self.run, "prior", round_index, {"base": base, **keys("extract")}, self.fit_prior(round_index))
+        loop.stage(self.run, "adapter", round_index, {"base": base, **keys("extract")}, self.fit_adapter(round_index))
+        loop.stage(self.run, "generator", round_index, {"base": base, **keys("extract")}, self.fit_generator(round_index))
+        loop.stage(self.run, "synthesize", round_index, {"base": base, **keys("prior", "adapter", "generator")},
+                   self.synthesize(round_index))
+        loop.stage(self.run, "segmenter", round_index, {"base": base, **keys("synthesize")}, self.fit_segmenter(round_index))
+        loop.stage(self.run, "segment", round_index, {"base": base, **keys("segmenter")}, self.segment(round_index))
+        self.load_predictions(round_index)
+
+    def stage_dir(self, name: str, round_index: int) -> Path:
+        return self.run.stage_dir(f"{name}@{round_index}")
+
+    # ------------------------------------------------------------ extract
+
+    def extract(self, directory: Path) -> None:
+        extractor = self.loop.component("prior_extractor")
+        calibration = {}
+        for index, micrograph in enumerate(_progress(self.micrographs, "extract priors", self.loop.progress)):
+            instances = extractor.extract(micrograph)
+            _save_instances(directory / f"{index:05d}.npz", instances)
+            calibration[micrograph.name] = self._calibration_of(micrograph, instances)
+        write_json(directory / "calibration.json", calibration)
+
+    def _calibration_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
+        if micrograph.pixel_size_nm is not None:
+            source = "override" if micrograph.metadata.get("pixel_size_override") else "file"
+            return {"pixel_size_nm": micrograph.pixel_size_nm, "source": source}
+        estimate = instances.metadata.get("pixel_size_nm_estimate")
+        if estimate is None:
+            from .morphology import estimate_pixel_size_nm
+            estimate = estimate_pixel_size_nm(micrograph, self.sample)
+        log.warning("%s has no calibration: estimated %.4g nm/px from the priors against the recipe's "
+                    "expected sizes (give --pixel-size-nm to override)", micrograph.name, estimate)
+        return {"pixel_size_nm": float(estimate), "source": "estimated from priors"}
+
+    def priors_from_predictions(self, round_index: int):
+        def compute(directory: Path) -> None:
+            source = self.stage_dir("segment", round_index - 1)
+            calibration = read_json(self.stage_dir("extract", round_index - 1) / "calibration.json")
+            for index, micrograph in enumerate(self.micrographs):
+                predicted = _load_instances(source / f"{index:05d}.npz")
+                _save_instances(directory / f"{index:05d}.npz",
+                                confident(predicted, micrograph.shape, self.loop_confidence))
+            write_json(directory / "calibration.json", calibration)
+        return compute
+
+    @property
+    def loop_confidence(self) -> float:
+        from .loop import CONFIDENT_SCORE
+        return CONFIDENT_SCORE
+
+    def load_priors(self, round_index: int) -> None:
+        directory = self.stage_dir("extract", round_index)
+        calibration = read_json(directory / "calibration.json")
+        self.loop.calibration = calibration
+        for micrograph in self.micrographs:
+            micrograph.pixel_size_nm = calibration[micrograph.name]["pixel_size_nm"]
+        self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
+
+    # ------------------------------------------------------------ fits
+
+    def working_images(self) -> list[Micrograph]:
+        from .scale import to_working_scale
+        return [to_working_scale(m, self.working_px) for m in self.micrographs]
+
+    def working_labels(self) -> list[np.ndarray]:
+        from .scale import labels_to_working_scale
+        return [labels_to_working_scale(prior, m, self.working_px) for prior, m in zip(self.priors, self.micrographs)]
+
+    def fit_prior(self, round_index: int):
+        def compute(directory: Path) -> None:
+            from .morphology import MorphologyPrior
+            prior = MorphologyPrior.fit(self.priors, self.micrographs, sample=self.sample)
+            (directory / "prior.json").write_text(prior.to_json())
+        return compute
+
+    def fit_adapter(self, round_index: int):
+        def compute(directory: Path) -> None:
+            adapter = self.loop.component("physics_adapter")
+            write_json(directory / "adapter.json", adapter.fit(self.working_images()))
+        return compute
+
+    def fit_generator(self, round_index: int):
+        def compute(directory: Path) -> None:
+            generator = self.loop.component("generator")
+            history = generator.fit(self.working_labels(), self.working_images(), directory / "work",
+                                    budget=self.loop.budget("generator_steps"))
+            generator.save(directory / "model")
+            write_json(directory / "history.json", history or {})
+        return compute
+
+    # ------------------------------------------------------------ synthesize
+
+    def synthesize(self, round_index: int):
+        def compute(directory: Path) -> None:
+            from .morphology import MorphologyPrior
+            prior = MorphologyPrior.from_json((self.stage_dir("prior", round_index) / "prior.json").read_text())
+            adapter = self.loop.component("physics_adapter")
+            adapter.restore(read_json(self.stage_dir("adapter", round_index) / "adapter.json"))
+            generator = self.loop.component("generator")
+            generator.load(self.stage_dir("generator", round_index) / "model")
+            count, side = int(self.loop.profile["synthetic_images"]), int(self.loop.profile["image_px"])
+            rng = np.random.default_rng([self.loop.seed, round_index, 1])
+            images, labels, points = [], [], []
+            for start in _progress(range(0, count, 8), "synthesize", self.loop.progress):
+                layouts = [prior.sample((side, side), self.working_px, rng) for _ in range(min(8, count - start))]
+                for layout, clean in zip(layouts, generator.generate(layouts, rng)):
+                    images.append(adapter.apply(clean, self.working_px, rng, layout=layout).astype(np.float32))
+                    truth = layout.instances()
+                    labels.append(truth.labels)
+                    points.append(truth.points if truth.points is not None else np.zeros((0, 2)))
+            tmp = directory / "synthetic.part.npz"
+            np.savez_compressed(tmp, images=np.stack(images), labels=np.stack(labels),
+                                n_points=np.array([len(p) for p in points]), points=np.concatenate(points))
+            tmp.replace(directory / "synthetic.npz")
+        return compute
+
+    def load_synthetic(self, round_index: int) -> tuple[np.ndarray, list[Instances]]:
+        with np.load(self.stage_dir("synthesize", round_index) / "synthetic.npz") as data:
+            images, labels = data["images"], data["labels"]
+            splits = np.cumsum(data["n_points"])[:-1]
+            points = np.split(data["points"], splits) if len(data["points"]) else [None] * len(images)
+        atomistic = self.sample.kind != "particles"
+        return images, [Instances(labels=l, points=p if atomistic else None) for l, p in zip(labels, points)]
+
+    # ------------------------------------------------------------ segmenter
+
+    def fit_segmenter(self, round_index: int):
+        def compute(directory: Path) -> None:
+            images, truth = self.load_synthetic(round_index)
+            segmenter = self.loop.component("segmenter")
+            history = segmenter.fit(list(images), truth, directory / "work", budget=self.loop.budget("segmenter_steps"))
+            segmenter.save(directory / "model")
+            write_json(directory / "history.json", history or {})
+        return compute
+
+    def segment(self, round_index: int):
+        def compute(directory: Path) -> None:
+            segmenter = self.loop.component("segmenter")
+            segmenter.load(self.stage_dir("segmenter", round_index) / "model")
+            for index, micrograph in enumerate(_progress(self.micrographs, "segment", self.loop.progress)):
+                _save_instances(directory / f"{index:05d}.npz", segmenter.predict(micrograph))
+        return compute
+
+    def load_predictions(self, round_index: int) -> None:
+        directory = self.stage_dir("segment", round_index)
+        self.predictions = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
+        self.final_round = round_index
+
+    # ------------------------------------------------------------ outputs
+
+    def finish(self, errors, hashes):
+        from .loop import RunResult
+        from .measure import particle_table
+        from .statistics import size_statistics
+        import pandas as pd
+        out = self.run.root
+        tables = []
+        for micrograph, instances in zip(self.micrographs, self.predictions):
+            tables.append(particle_table(instances, micrograph))
+            labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
+            write_tiff(out / "masks" / f"{_safe_name(micrograph.name)}.tif", labels.astype(np.int32))
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        from .rundir import atomic_path
+        with atomic_path(out / "particles.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_path(out / "particles.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        images = {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm} for m in self.micrographs}
+        statistics = size_statistics(table, images, seed=self.loop.seed)
+        write_json(out / "statistics.json", statistics)
+        model_src = self.stage_dir("segmenter", self.final_round) / "model"
+        _copy_tree(model_src, out / "model")
+        write_json(out / "model" / "recipe.json", self.loop.recipe.as_dict())
+        return RunResult(out=out, micrographs=self.micrographs, instances=self.predictions, table=table,
+                         statistics=statistics, errors=errors)
+
+    def report(self, result, title: str, notes=()) -> None:
+        from .report import write_report
+        images, _ = self.load_synthetic(self.final_round)
+        histories = {stage: read_json(self.stage_dir(stage, self.final_round) / "history.json")
+                     for stage in ("generator", "segmenter")}
+        write_report(self.run.root / "report.html", title=title, micrographs=self.micrographs,
+                     instances=self.predictions, table=result.table, statistics=result.statistics,
+                     run_info=result.run_info, synthetic=list(images[:4]), histories=histories,
+                     metrics=result.run_info.get("metrics"), notes=notes)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    import shutil
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
