@@ -143,8 +143,9 @@ def _record_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], seen: s
 
 def parse_yaml(text: str, label: str) -> _Doc:
     """Safe-load one YAML document, keeping the line of every key."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters here
         node = loader.get_single_node()
         if node is None:
             raise RecipeError("the file is empty", file=label, line=1)
@@ -164,7 +165,8 @@ def parse_yaml(text: str, label: str) -> _Doc:
     except RecursionError:
         raise RecipeError("the document is nested too deeply", file=label) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe must be a mapping of keys, got {type(data).__name__}", file=label, line=1)
     lines: dict[tuple, int] = {}
