@@ -50,13 +50,15 @@ MAX_PIXELS = 16384 * 16384
 
 def to_nm(value: float, unit: Any) -> float | None:
     """Convert a length with a unit string to nm; ``None`` if the unit is not a length."""
-    if unit is None:
+    if unit is None or isinstance(value, bool):
         return None
     key = str(unit).strip()
     factor = NM_PER_UNIT.get(key, NM_PER_UNIT.get(key.lower()))
-    if factor is None:
+    try:
+        length = float(value) * factor if factor is not None else None
+    except (TypeError, ValueError, OverflowError):
         return None
-    return float(value) * factor
+    return length if length is not None and np.isfinite(length) else None
 
 
 def to_grey(data: np.ndarray, channels_last: bool = True) -> np.ndarray:
@@ -101,11 +103,18 @@ def _check_pixels(data: np.ndarray, label: str) -> np.ndarray:
     return out
 
 
+def _number_or_text(value: Any) -> float | str:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return str(value)
+
+
 def _calibration(axes: Sequence[dict], label: str) -> tuple[float | None, dict[str, Any]]:
     """Pixel size in nm from the two signal axes; records what was found."""
     spatial = [axis for axis in axes if not axis.get("navigate", False)][-2:]
     sizes = [to_nm(axis.get("scale", 1.0), axis.get("units")) for axis in spatial]
-    record: dict[str, Any] = {"axes": [{"name": str(a.get("name")), "scale": float(a.get("scale", 1.0)),
+    record: dict[str, Any] = {"axes": [{"name": str(a.get("name")), "scale": _number_or_text(a.get("scale", 1.0)),
                                         "units": str(a.get("units"))} for a in spatial]}
     if len(sizes) != 2 or any(size is None or not np.isfinite(size) or size <= 0 for size in sizes):
         return None, record
