@@ -164,6 +164,7 @@ class Layout:
     support: np.ndarray | None = None
     diameters_nm: np.ndarray | None = None
     support_z: int = 6
+    atom_radius_nm: float = 0.139
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,6 +174,23 @@ class Layout:
     @property
     def count(self) -> int:
         return int(self.labels.max()) if self.labels.size else 0
+
+    def redraw_atoms(self) -> None:
+        """Rebuild labels, thickness and Z map of a single-atom layout from ``atoms``
+        (after atoms were moved or removed); atom k gets label k + 1."""
+        if self.kind != "atoms":
+            raise InputError(f"redraw_atoms() needs a single-atom layout, this one is {self.kind!r}")
+        atoms = np.zeros((0, 2)) if self.atoms is None else np.asarray(self.atoms, np.float64).reshape(-1, 2)
+        self.labels = np.zeros(self.labels.shape, np.int32)
+        self.thickness_nm = np.zeros(self.labels.shape, np.float32)
+        _draw_atoms(self, atoms)
+        z_map = np.full(self.labels.shape, float(self.support_z), np.float32)
+        if self.support is not None:
+            z_map[~self.support] = 0.0
+        if self.atom_z is not None and len(self.atom_z):
+            inside = self.labels > 0
+            z_map[inside] = np.asarray(self.atom_z, np.float32)[self.labels[inside] - 1]
+        self.z_map = z_map
 
     def instances(self) -> Instances:
         """The exact instances: labels, plus one point per atom for single-atom layouts."""
@@ -386,8 +404,14 @@ def _sample_single_atoms(spec: LayoutSpec, layout: Layout, count: int, support: 
                 points = np.asarray(accepted)
                 break
     atoms = np.asarray(accepted, dtype=np.float64).reshape(-1, 2)
+    _draw_atoms(layout, atoms)
+    layout.atom_z = np.full(len(atoms), spec.material_z, dtype=np.int32)
+
+
+def _draw_atoms(layout: Layout, atoms: np.ndarray) -> None:
+    """Label disks (atom k -> label k + 1; overlaps keep the first) and sphere chords."""
     for index, atom in enumerate(atoms, start=1):
-        drawn = _disks(atom[None, :], spec.atom_radius_nm, ps, layout.shape)
+        drawn = _disks(atom[None, :], layout.atom_radius_nm, layout.pixel_size_nm, layout.shape)
         if drawn is None:
             continue
         (rows, cols), mask, thickness = drawn
@@ -395,9 +419,8 @@ def _sample_single_atoms(spec: LayoutSpec, layout: Layout, count: int, support: 
         region[mask & (region == 0)] = index
         layout.thickness_nm[rows, cols] += thickness
     layout.atoms = atoms
-    layout.atom_z = np.full(len(atoms), spec.material_z, dtype=np.int32)
     layout.atom_label = np.arange(1, len(atoms) + 1, dtype=np.int32)
-    layout.diameters_nm = np.full(len(atoms), 2 * spec.atom_radius_nm)
+    layout.diameters_nm = np.full(len(atoms), 2 * layout.atom_radius_nm)
 
 
 def _sample_objects(spec: LayoutSpec, layout: Layout, count: int, support: np.ndarray | None,
@@ -506,7 +529,7 @@ def sample_layout(spec: LayoutSpec, shape: tuple[int, int], pixel_size_nm: float
     support = _support_mask(spec, shape, pixel_size_nm, rng)
     layout = Layout(labels=np.zeros(shape, np.int32), thickness_nm=np.zeros(shape, np.float32),
                     z_map=np.empty(0, np.float32), pixel_size_nm=float(pixel_size_nm), kind=spec.kind,
-                    support=support, support_z=spec.support_z)
+                    support=support, support_z=spec.support_z, atom_radius_nm=spec.atom_radius_nm)
     count = _object_count(spec, shape, pixel_size_nm, rng)
     if spec.kind == "atoms":
         _sample_single_atoms(spec, layout, count, support, rng)

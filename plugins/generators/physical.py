@@ -1,0 +1,212 @@
+"""The ``physical`` generator: an analytic renderer of clean STEM images (no learning).
+
+From a :class:`~emcopilot.layout.Layout` it renders what a perfect instrument
+would record, before any probe blur, scan distortion or noise (those belong
+to the physics adapter):
+
+- HAADF: the scattered fraction in the thin-specimen, incoherent-imaging
+  approximation, linear in projected thickness and ∝ Zⁿ:
+  f = κ·(Z_support^n·t_support + Σ Z^n·t). The exponent n ≈ 1.7 (1.6–2 for
+  typical annular detectors; Hartel, Rose & Dinges, Ultramicroscopy 63 (1996)
+  93; Krivanek et al., Nature 464 (2010) 571).
+- BF: the transmitted fraction T = exp(-κ'·(Z_support^n·t_support + Σ Z^n·t)),
+  so objects are darker than the support.
+
+Particles contribute their projected thickness (chord of the
+ellipsoid-like body drawn by the layout); atoms and clusters contribute one
+pixel-integrated Gaussian per atom of FWHM ``atom_fwhm_nm`` holding the
+mass-thickness of one atom volume. The amorphous support is a random field
+with a 1/f^β power spectrum around its mean thickness; vacuum where the
+layout's support mask is false.
+
+``fit`` measures the object-to-background intensity ratio of real images
+with prior label maps; ``generate`` then scales the support (HAADF) or the
+attenuation (BF) per image so the rendered ratio matches it (± a random
+spread), since absolute thicknesses are rarely known.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from emcopilot import InputError, Param, hookimpl
+
+MODALITIES = ("haadf-stem", "bf-stem")
+CONFIG_FILE = "physical_generator.json"
+
+PARAMS = {
+    "modality": Param(None, str, choices=MODALITIES, help="default: the recipe's sample modality"),
+    "z_exponent": Param(1.7, float, min=0.5, max=2.5, help="n in the Zⁿ contrast of HAADF"),
+    "haadf_fraction_per_nm_Zn": Param(2e-5, float, min=0.0, max=1.0, unit="1/(nm·Zⁿ)",
+                                      help="HAADF scattered fraction per nm of thickness per Zⁿ"),
+    "bf_attenuation_per_nm_Zn": Param(8e-5, float, min=0.0, max=1.0, unit="1/(nm·Zⁿ)",
+                                      help="BF attenuation exponent per nm of thickness per Zⁿ"),
+    "support_thickness_nm": Param(10.0, float, min=0.0, max=1e4, unit="nm", help="mean support thickness"),
+    "support_roughness": Param(0.3, float, min=0.0, max=1.0,
+                               help="relative rms of the support's projected thickness"),
+    "support_spectrum_beta": Param(2.0, float, min=0.0, max=5.0,
+                                   help="support thickness fluctuations have a 1/f^β power spectrum"),
+    "atom_fwhm_nm": Param(0.05, float, min=1e-4, max=10.0, unit="nm",
+                          help="width of one atom's projected potential (thermal smearing included)"),
+    "atom_volume_nm3": Param(0.0151, float, min=1e-4, max=1.0, unit="nm³",
+                             help="volume per atom in the solid (fcc Pt: a³/4 = 0.0151 nm³)"),
+    "match_contrast": Param(True, bool, help="after fit(), match the real object/background ratio"),
+    "contrast_spread": Param(0.2, float, min=0.0, max=2.0,
+                             help="log-normal spread of the matched contrast between images"),
+}
+
+
+@hookimpl
+def register_generators(register):
+    register("physical", make_physical, params=PARAMS,
+             description="analytic renderer: projected thickness x Z^n (HAADF) or transmission (BF), "
+                         "1/f^β amorphous support, Gaussian atoms; no learning")
+
+
+def make_physical(params: Mapping[str, Any], sample: Any) -> "PhysicalGenerator":
+    return PhysicalGenerator(params, sample)
+
+
+def _support_field(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian random field with power spectrum ∝ (k² + k0²)^(-β/2)."""
+    from scipy import fft as sfft
+    rows, cols = shape
+    k2 = sfft.fftfreq(rows)[:, None] ** 2 + sfft.rfftfreq(cols)[None, :] ** 2
+    k0 = 1.0 / max(rows, cols)
+    amplitude = ((k2 + k0 ** 2) ** (-beta / 4)).astype(np.float32)
+    amplitude[0, 0] = 0.0
+    noise = rng.standard_normal(amplitude.shape, dtype=np.float32) \
+        + 1j * rng.standard_normal(amplitude.shape, dtype=np.float32)
+    field = sfft.irfft2(noise * amplitude, s=shape, workers=1).astype(np.float32)
+    return field / max(float(field.std()), 1e-30)
+
+
+def _atom_image(shape: tuple[int, int], atoms_px: np.ndarray, weights: np.ndarray,
+                fwhm_px: float) -> np.ndarray:
+    """Sum of pixel-integrated 2-D Gaussians (integral = weight each), via erf differences."""
+    from scipy.special import erf
+    image = np.zeros(shape, np.float64)
+    if len(atoms_px) == 0:
+        return image.astype(np.float32)
+    sigma = fwhm_px / (2 * math.sqrt(2 * math.log(2)))
+    half = int(math.ceil(4 * sigma)) + 1
+    offsets = np.arange(-half, half + 1)
+    centre = np.round(atoms_px).astype(np.int64)
+    frac = atoms_px - centre
+    edges = offsets[None, :, None] + np.array([-0.5, 0.5])[None, None, :]  # (1, w, 2)
+    scale = 1.0 / (math.sqrt(2) * sigma)
+    profile_y = np.diff(erf((edges - frac[:, 0, None, None]) * scale), axis=2)[..., 0] / 2
+    profile_x = np.diff(erf((edges - frac[:, 1, None, None]) * scale), axis=2)[..., 0] / 2
+    blocks = weights[:, None, None] * profile_y[:, :, None] * profile_x[:, None, :]
+    rows = centre[:, 0, None, None] + offsets[None, :, None]
+    cols = centre[:, 1, None, None] + offsets[None, None, :]
+    rows, cols = np.broadcast_to(rows, blocks.shape), np.broadcast_to(cols, blocks.shape)
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    np.add.at(image, (rows[inside], cols[inside]), blocks[inside])
+    return image.astype(np.float32)
+
+
+class PhysicalGenerator:
+    """Renders clean images from layouts; see the module docstring for the physics."""
+
+    def __init__(self, params: Mapping[str, Any], sample: Any = None):
+        self.params = dict(params)
+        modality = self.params["modality"] or getattr(sample, "modality", None) or "haadf-stem"
+        if modality not in MODALITIES:
+            raise InputError(f"physical generator: modality {modality!r} is not rendered; "
+                             f"choose one of {list(MODALITIES)} with the 'modality' parameter")
+        self.modality = modality
+        self.fitted: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ rendering
+
+    def object_mass_thickness(self, layout) -> np.ndarray:
+        """Projected Zⁿ·thickness of the objects, nm·Zⁿ per pixel."""
+        n = self.params["z_exponent"]
+        if layout.kind == "particles" or layout.atoms is None:
+            objects = layout.thickness_nm * np.power(layout.z_map, n, dtype=np.float32)
+        else:
+            z = np.asarray(layout.atom_z, np.float64)
+            # one atom holds Zⁿ times its volume; spread over the pixel area it is a thickness
+            weights = z ** n * self.params["atom_volume_nm3"] / layout.pixel_size_nm ** 2
+            objects = _atom_image(layout.shape, np.asarray(layout.atoms, np.float64), weights,
+                                  self.params["atom_fwhm_nm"] / layout.pixel_size_nm)
+        return objects
+
+    def render(self, layout, rng: np.random.Generator) -> np.ndarray:
+        objects = self.object_mass_thickness(layout)
+        support = np.float32(self.params["support_thickness_nm"]) * (
+            1 + np.float32(self.params["support_roughness"])
+            * _support_field(layout.shape, self.params["support_spectrum_beta"], rng))
+        np.maximum(support, 0, out=support)  # a thickness; the field's rare deep troughs are holes
+        if layout.support is not None:
+            support[~layout.support] = 0
+        support *= np.float32(layout.support_z ** self.params["z_exponent"])
+        support_scale, attenuation_scale = self._contrast_scales(objects, support, layout, rng)
+        if self.modality == "haadf-stem":
+            return (self.params["haadf_fraction_per_nm_Zn"] * (objects + support_scale * support)).astype(np.float32)
+        exponent = self.params["bf_attenuation_per_nm_Zn"] * attenuation_scale * (objects + support)
+        return np.exp(-exponent).astype(np.float32)
+
+    def _contrast_scales(self, objects, support, layout, rng) -> tuple[float, float]:
+        """(support scale for HAADF, attenuation scale for BF) matching the fitted contrast ratio."""
+        ratio = self.fitted.get("object_to_background_ratio")
+        inside = layout.labels > 0
+        if not (self.params["match_contrast"] and ratio and inside.any() and (~inside).any()):
+            return 1.0, 1.0
+        ratio = ratio ** math.exp(rng.normal(0, self.params["contrast_spread"]))
+        object_level = float(np.median(objects[inside]))
+        background = float(np.median(support[~inside]))
+        if self.modality == "haadf-stem" and ratio > 1 and background > 0:
+            # (O + s·B) / (s·B) = r  ->  s = O / (B (r - 1))
+            return object_level / (background * (ratio - 1)), 1.0
+        if self.modality == "bf-stem" and 0 < ratio < 1 and object_level > 0:
+            # exp(-κ'·O) = r  ->  κ' = -ln r / O
+            return 1.0, -math.log(ratio) / (object_level * self.params["bf_attenuation_per_nm_Zn"])
+        return 1.0, 1.0
+
+    # ------------------------------------------------------------------ Generator protocol
+
+    def fit(self, label_maps: Sequence[np.ndarray], images: Sequence[Any], workdir: Path | None = None, *,
+            budget: Any = None) -> dict[str, Any]:
+        """Median object/background intensity ratio over images (dark level: 0.5th percentile)."""
+        if len(label_maps) != len(images):
+            raise InputError(f"physical.fit: {len(label_maps)} label maps for {len(images)} images")
+        ratios = []
+        for labels, image in zip(label_maps, images):
+            data = np.asarray(getattr(image, "data", image), np.float64)
+            labels = np.asarray(labels)
+            if labels.shape != data.shape:
+                raise InputError(f"physical.fit: label map {labels.shape} does not match image {data.shape}")
+            inside = labels > 0
+            if not inside.any() or inside.all():
+                continue
+            dark = float(np.percentile(data, 0.5))
+            background = float(np.median(data[~inside])) - dark
+            if background > 0:
+                ratios.append((float(np.median(data[inside])) - dark) / background)
+        self.fitted = {"object_to_background_ratio": float(np.median(ratios)) if ratios else None,
+                       "images_used": len(ratios), "modality": self.modality}
+        return dict(self.fitted)
+
+    def generate(self, layouts: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]:
+        return [self.render(layout, rng) for layout in layouts]
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"params": self.params, "modality": self.modality, "fitted": self.fitted}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    def load(self, directory: Path) -> None:
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            raise InputError(f"physical generator: no {CONFIG_FILE} in {directory}")
+        config = json.loads(path.read_text())
+        self.params.update(config.get("params", {}))
+        self.modality = config.get("modality", self.modality)
+        self.fitted = dict(config.get("fitted") or {})

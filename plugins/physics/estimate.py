@@ -1,0 +1,207 @@
+"""Estimating imaging conditions from one real micrograph.
+
+- Noise: Poisson–Gaussian model, variance = gain·(mean - offset) + read²
+  (Foi et al., IEEE Trans. Image Process. 17 (2008) 1737), from block-wise
+  local means and the variance of a signal-cancelling residual
+  (Immerkær, Comput. Vis. Image Underst. 64 (1996) 300). The offset and the
+  read noise are not separable from one image: a positive intercept is read
+  as read noise (offset 0), a negative one as an offset (read noise 0).
+- Probe PSF and background spectrum: the power spectrum along scan lines,
+  which row jitter leaves intact, fitted with
+  P(kx) = mean over ky of A·(k² + k0²)^(-β/2)·exp(-4π²σ²k²) + noise floor.
+- Scan jitter: shifts between adjacent rows, minus the same statistic between
+  adjacent columns (specimen structure and noise contribute equally to both;
+  jitter only to rows), converted to the rms row shift of the 1/f^α process
+  that :func:`.effects.row_jitter` draws.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
+from scipy.optimize import least_squares
+
+from emcopilot.errors import InputError
+
+from .effects import FWHM_PER_SIGMA, jitter_variance_ratio
+
+#: Smallest image side the estimators work on (blocks, spectra, row statistics).
+MIN_SIDE_PX = 64
+NOISE_BLOCK_PX = 16
+NOISE_BINS = 16
+
+
+def check_image(image: np.ndarray, name: str) -> np.ndarray:
+    """Refuse what cannot be fitted: not 2-D, non-finite, tiny or constant images."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"{name}: a micrograph must be 2-D, got shape {image.shape}")
+    if min(image.shape) < MIN_SIDE_PX:
+        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]} px; fitting imaging "
+                         f"conditions needs at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
+    bad = ~np.isfinite(image)
+    if bad.any():
+        raise InputError(f"{name}: {int(bad.sum())} pixels are NaN or infinite")
+    image = image.astype(np.float64)
+    spread = float(image.max() - image.min())
+    if spread <= 1e-9 * max(1.0, abs(float(image.mean()))):
+        raise InputError(f"{name}: the image is constant ({float(image.mean())!r}); nothing to fit")
+    return image
+
+
+# --------------------------------------------------------------------------- noise
+
+def noise_residual(image: np.ndarray) -> np.ndarray:
+    """Immerkær's residual: the kernel [1,-2,1]ᵀ[1,-2,1] / 6 cancels planes and has unit
+    noise gain (sum of squared weights = 1), so var(residual) = noise variance."""
+    kernel = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0]) / 6.0
+    return ndimage.correlate(image, kernel, mode="reflect")[1:-1, 1:-1]
+
+
+def _blocks(array: np.ndarray, block: int) -> np.ndarray:
+    rows, cols = (array.shape[0] // block) * block, (array.shape[1] // block) * block
+    return array[:rows, :cols].reshape(rows // block, block, cols // block, block).swapaxes(1, 2) \
+        .reshape(-1, block * block)
+
+
+def noise_curve(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local mean, noise variance) per intensity bin, from 16x16 blocks.
+
+    The median block variance of each bin is used (blocks crossing edges have
+    inflated variance) and divided by the median of χ²_ν/ν for the residual's
+    ν ≈ 256 / 3.78 effective degrees of freedom.
+    """
+    residual = noise_residual(image)
+    means = _blocks(image[1:-1, 1:-1], NOISE_BLOCK_PX).mean(axis=1)
+    variances = (_blocks(residual, NOISE_BLOCK_PX) ** 2).mean(axis=1)
+    order = np.argsort(means)
+    bins = np.array_split(order, min(NOISE_BINS, max(2, len(order) // 8)))
+    dof = NOISE_BLOCK_PX ** 2 / 3.78
+    median_bias = (1 - 2 / (9 * dof)) ** 3
+    curve_mean = np.array([np.median(means[b]) for b in bins])
+    curve_var = np.array([np.median(variances[b]) for b in bins]) / median_bias
+    return curve_mean, curve_var
+
+
+def fit_noise(image: np.ndarray) -> dict:
+    """Gain (DU per electron), offset and read noise (DU) of the Poisson–Gaussian model."""
+    means, variances = noise_curve(image)
+    weights = 1.0 / np.maximum(variances, 1e-12)
+    slope, intercept = np.polyfit(means, variances, 1, w=weights)
+    result = {"curve_mean_du": means.tolist(), "curve_variance_du2": variances.tolist()}
+    if slope <= 0:
+        # Noise does not grow with the signal (processed or compressed data): the shot-noise
+        # gain is only bounded. Treat the median noise as shot noise at the median level.
+        level = max(float(np.median(means) - image.min()), 1e-12)
+        result.update(gain_du_per_e=float(np.median(variances) / level), offset_du=float(image.min()),
+                      read_noise_du=0.0, noise_model="signal-independent")
+        return result
+    offset = max(0.0, -intercept / slope)
+    read = math.sqrt(max(intercept, 0.0))
+    result.update(gain_du_per_e=float(slope), offset_du=float(offset), read_noise_du=float(read),
+                  noise_model="poisson-gaussian")
+    return result
+
+
+# --------------------------------------------------------------------------- spectrum and PSF
+
+def row_spectrum(image: np.ndarray) -> np.ndarray:
+    """Power along scan lines: |FFT|² of the Hann-windowed image, averaged over ky.
+
+    Normalised by Σw² so that white noise of variance v gives P = v.
+    """
+    rows, cols = image.shape
+    window = np.outer(np.hanning(rows), np.hanning(cols))
+    centred = (image - image.mean()) * window
+    power = np.abs(sfft.rfft2(centred, workers=1)) ** 2 / np.sum(window ** 2)
+    return power.mean(axis=0)
+
+
+def _spectrum_model(params: np.ndarray, kx: np.ndarray, ky: np.ndarray, k0: float) -> np.ndarray:
+    log_amplitude, beta, log_sigma, log_floor = params
+    k2 = kx[:, None] ** 2 + ky[None, :] ** 2
+    signal = np.exp(log_amplitude) * (k2 + k0 ** 2) ** (-beta / 2) \
+        * np.exp(-4 * math.pi ** 2 * math.exp(2 * log_sigma) * k2)
+    return signal.mean(axis=1) + math.exp(log_floor)
+
+
+def fit_spectrum(image: np.ndarray, noise_variance: float) -> dict:
+    """PSF sigma (px), spectral slope β of the background and the noise floor, from the row spectrum."""
+    rows, cols = image.shape
+    power = row_spectrum(image)
+    kx = sfft.rfftfreq(cols)
+    ky = sfft.fftfreq(rows)[::max(1, rows // 128)]
+    use = slice(3, None)  # the lowest frequencies are dominated by the window and by gradients
+    k0 = 2.0 / max(rows, cols)
+    floor0 = max(noise_variance, 1e-6 * float(power[use].mean()))
+    signal0 = max(float(power[3:8].mean()) - floor0, floor0)
+    start = np.array([math.log(signal0 * (kx[5] ** 2) ** 1.0), 2.0, math.log(1.0), math.log(floor0)])
+    lower = np.array([-np.inf, 0.0, math.log(0.05), math.log(floor0) - math.log(20)])
+    upper = np.array([np.inf, 5.0, math.log(30.0), math.log(floor0) + math.log(20)])
+
+    def residual(params: np.ndarray) -> np.ndarray:
+        return np.log(_spectrum_model(params, kx[use], ky, k0)) - np.log(power[use])
+
+    best = None
+    for log_sigma in (math.log(0.7), math.log(2.0), math.log(6.0)):
+        start[2] = log_sigma
+        solution = least_squares(residual, start, bounds=(lower, upper), loss="soft_l1", f_scale=0.3)
+        if best is None or solution.cost < best.cost:
+            best = solution
+    log_amplitude, beta, log_sigma, log_floor = best.x
+    return {"psf_sigma_px": float(math.exp(log_sigma)), "spectrum_beta": float(beta),
+            "noise_floor_du2": float(math.exp(log_floor)), "spectrum_fit_cost": float(best.cost)}
+
+
+# --------------------------------------------------------------------------- jitter
+
+def _adjacent_shifts(image: np.ndarray) -> np.ndarray:
+    """Linearised shift (px) of each row relative to the previous one:
+    d = -Σ (b - a)·g / Σ g², g the gradient of (a + b)/2 along the row."""
+    smooth = ndimage.gaussian_filter1d(image, 1.0, axis=1)
+    previous, current = smooth[:-1], smooth[1:]
+    gradient = np.gradient(0.5 * (previous + current), axis=1)
+    energy = np.sum(gradient ** 2, axis=1)
+    valid = energy > 1e-12 * max(float(energy.max()), 1e-300)
+    return -np.sum((current - previous) * gradient, axis=1)[valid] / energy[valid]
+
+
+def _robust_variance(values: np.ndarray) -> float:
+    centred = values - np.median(values)
+    return float((1.4826 * np.median(np.abs(centred))) ** 2)
+
+
+def fit_jitter(image: np.ndarray, exponent: float) -> dict:
+    """Rms row shift (px) of 1/f^exponent scan jitter."""
+    row_variance = _robust_variance(_adjacent_shifts(image))
+    column_variance = _robust_variance(_adjacent_shifts(image.T))
+    step_variance = max(row_variance - column_variance, 0.0)
+    rms = math.sqrt(step_variance / jitter_variance_ratio(image.shape[0], exponent))
+    return {"jitter_rms_px": rms, "row_step_rms_px": math.sqrt(row_variance),
+            "column_step_rms_px": math.sqrt(column_variance)}
+
+
+# --------------------------------------------------------------------------- one image
+
+def fit_image(image: np.ndarray, name: str, jitter_exponent: float) -> dict:
+    """Every estimate for one image, in detector units (DU) and pixels."""
+    image = check_image(image, name)
+    noise = fit_noise(image)
+    noise_variance = noise["gain_du_per_e"] * max(float(image.mean()) - noise["offset_du"], 0.0) \
+        + noise["read_noise_du"] ** 2
+    spectrum = fit_spectrum(image, noise_variance)
+    jitter = fit_jitter(image, jitter_exponent)
+    counts = (float(np.median(image)) - noise["offset_du"]) / noise["gain_du_per_e"]
+    percentiles = np.percentile(image, [0.5, 50, 99.5])
+    return {
+        "name": name, "shape": list(image.shape), **noise,
+        "counts_per_px": counts,
+        "psf_fwhm_px": spectrum["psf_sigma_px"] * FWHM_PER_SIGMA,
+        "spectrum_beta": spectrum["spectrum_beta"], "noise_floor_du2": spectrum["noise_floor_du2"],
+        "jitter_rms_px": jitter["jitter_rms_px"], "row_step_rms_px": jitter["row_step_rms_px"],
+        "column_step_rms_px": jitter["column_step_rms_px"],
+        "intensity_p0_5_du": float(percentiles[0]), "intensity_median_du": float(percentiles[1]),
+        "intensity_p99_5_du": float(percentiles[2]),
+    }
