@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Validation metrics: history key and whether higher is better. ``select_by`` names one.
 SELECTION_METRICS = {"ssim": ("ssim", True), "psnr": ("psnr_dB", True), "lpips": ("lpips", False),
                      "realism-gap": ("realism_gap", False)}
+#: Smallest crop the PatchGAN's three stride-2 and two 4x4 stride-1 convolutions accept.
+PATCH_MIN_CROP_PX = 32
 #: The parameters that shape the generator network (stored and checked in checkpoints).
 ARCHITECTURE_KEYS = ("width", "depth", "norm", "boundary_channel", "thickness_channel", "noise_channel")
 
@@ -55,12 +57,15 @@ class Pix2Pix:
     def __init__(self, params: Mapping[str, Any], sample: Any = None):
         self.params = dict(params)
         self.sample = sample
-        self.generator = UNetGenerator(self.in_channels, self.params["width"], self.params["depth"],
-                                       self.params["norm"])
-        init_weights(self.generator)
+        self.generator = self._new_generator()
         self.device = torch.device("cpu")
         #: Output intensity range (low, high) learned from the training images; None until fitted/loaded.
         self.intensity: tuple[float, float] | None = None
+
+    def _new_generator(self) -> UNetGenerator:
+        generator = UNetGenerator(self.in_channels, self.params["width"], self.params["depth"], self.params["norm"])
+        init_weights(generator)
+        return generator
 
     @property
     def in_channels(self) -> int:
@@ -74,7 +79,7 @@ class Pix2Pix:
 
     def fit(self, label_maps: Sequence[np.ndarray], images: Sequence[Any], workdir: Path, *,
             budget: TrainBudget) -> dict[str, Any]:
-        """Train on random crops of ``(label map, image)`` pairs; keep the best generator by each metric.
+        """Train from fresh, seeded weights on random crops of ``(label map, image)`` pairs.
 
         Validation runs every ``validate_every`` steps (and at the end) on
         crops of each image's held-back bottom band. The generator kept at the
@@ -85,7 +90,11 @@ class Pix2Pix:
         crop_px = budget.crop_px
         if crop_px % self.generator.pad_multiple:
             raise InputError(f"crop_px {crop_px} must be a multiple of 2**depth = {self.generator.pad_multiple}")
+        if params["discriminator"] == "patch" and crop_px < PATCH_MIN_CROP_PX:
+            raise InputError(f"the 70x70 PatchGAN needs crops of at least {PATCH_MIN_CROP_PX} px, got crop_px "
+                             f"{crop_px}; raise crop_px or use discriminator: pixel")
         torch.manual_seed(budget.seed)
+        self.generator = self._new_generator()  # training always starts from seeded initial weights
         rng = np.random.default_rng(budget.seed)
         pairs = data.prepare_pairs(label_maps, images, crop_px=crop_px, holdout_fraction=params["holdout_fraction"],
                                    boundary=params["boundary_channel"], thickness=params["thickness_channel"])
