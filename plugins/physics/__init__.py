@@ -13,8 +13,8 @@ from emcopilot import Param, hookimpl
 def _common_params(dose_e_per_A2: float, collection_fraction: float) -> dict[str, Param]:
     return {
         "dose_e_per_A2": Param(dose_e_per_A2, float, min=1e-3, max=1e9, unit="e/Å²",
-                               help="effective dose: electrons per Å² reaching the detector at the clean "
-                                    "image's median level"),
+                               help="effective dose: electrons per Å² reaching the detector at the "
+                                    "recorded image's median level"),
         "gain_du_per_e": Param(1.0, float, min=1e-9, unit="DU/e", help="detector units per detected electron"),
         "offset_du": Param(0.0, float, unit="DU", help="detector dark level"),
         "read_noise_du": Param(1.0, float, min=0.0, unit="DU", help="Gaussian read-out noise (rms)"),

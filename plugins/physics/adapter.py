@@ -19,8 +19,9 @@ Division of labour (nothing is applied twice):
   4. detector: Poisson shot noise at the dose, gain, offset, read noise.
 
 Dose convention: ``dose_e_per_A2`` is the *effective* dose, electrons per Å²
-reaching the detector at the clean image's median level (what an image can
-reveal). The clean image is scaled so that its median receives this dose;
+reaching the detector at the recorded image's median level (what an image
+can reveal). The blurred, scanned signal is scaled so that its median
+receives this dose;
 ``collection_fraction`` converts it to the incident dose for radiation
 damage. ``clean_units: detector`` means the clean image is in the real
 images' detector units (a learned generator): the fitted offset is removed
@@ -177,17 +178,17 @@ class StemAdapter:
             signal -= np.float32(conditions["offset_du"])
         if layout is not None:
             signal = self._damage(signal, layout, conditions, scale, pixel_size_nm, rng)
-        reference = float(np.median(signal))
-        if reference <= 0:
-            reference = float(signal.mean())
-        if reference <= 0:
-            raise InputError("clean image carries no signal above the offset (median and mean <= 0)")
+        if not float(signal.max()) > 0:
+            raise InputError("clean image carries no signal above the offset (maximum <= 0)")
         if self.params["apply_psf"]:
             signal = self._transfer(signal, pixel_size_nm, conditions, scale)
         signal = self._scan(signal, pixel_size_nm, conditions, scale, rng)
-        expected = signal * np.float32(scale["counts_per_px"] / reference)
         # Transfer and interpolation can undershoot at sharp edges; a count rate cannot be negative.
-        np.maximum(expected, 0, out=expected)
+        np.maximum(signal, 0, out=signal)
+        reference = float(np.median(signal))
+        if reference <= 0:
+            reference = float(signal.mean())
+        expected = signal * np.float32(scale["counts_per_px"] / reference)
         return effects.detect(expected, conditions["gain_du_per_e"], conditions["offset_du"],
                               conditions["read_noise_du"], rng)
 

@@ -110,14 +110,16 @@ def phase_contrast(transmitted: np.ndarray, pixel_size_nm: float, defocus_nm: fl
 # --------------------------------------------------------------------------- scanning
 
 def jitter_variance_ratio(rows: int, exponent: float) -> float:
-    """var(s[y+1] - s[y]) / var(s) for the row-shift process of :func:`row_jitter`.
+    """var(s[y] - (s[y-1] + s[y+1])/2) / var(s) for the row shifts of :func:`row_jitter`.
 
-    For a stationary process with power P(f): var(s) ∝ Σ P, var(Δs) ∝ Σ P·4 sin²(π f / L).
+    For a stationary process with power P(f) on a length L: var(s) ∝ Σ P and the
+    second difference multiplies each component by 1 - cos(2πf/L), so its
+    variance ∝ Σ P·(1 - cos(2πf/L))².
     """
     length = 2 * rows
     freqs = np.arange(1, length // 2)
     power = freqs.astype(np.float64) ** -exponent
-    return float(np.sum(power * 4 * np.sin(math.pi * freqs / length) ** 2) / np.sum(power))
+    return float(np.sum(power * (1 - np.cos(2 * math.pi * freqs / length)) ** 2) / np.sum(power))
 
 
 def row_jitter(rows: int, rms_px: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -139,29 +141,53 @@ def row_jitter(rows: int, rms_px: float, exponent: float, rng: np.random.Generat
     return (shifts * (rms_px / math.sqrt(expected_variance))).astype(np.float32)
 
 
-def scan_distortion(image: np.ndarray, row_shift_px: np.ndarray, row_offset_px: np.ndarray,
-                    col_offset_px: np.ndarray) -> np.ndarray:
-    """Resample as a distorted raster scan records it (linear interpolation, edges extended).
+def shift_rows(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
+    """Row y shows the specimen at x + shift[y]: an exact (band-limited) Fourier shift per row.
 
-    Pixel (y, x) shows the specimen at (y + row_offset[y], x + row_shift[y] + col_offset[x]):
-    ``row_shift`` holds jitter and the x-drift shear, ``row_offset`` the
-    y-drift stretch along the slow axis, ``col_offset`` the flyback distortion
-    at the start of each line.
+    Linear interpolation would low-pass every shifted row (down to 1/3 of the
+    power at Nyquist for random sub-pixel shifts), i.e. add blur that jitter
+    does not cause. Rows are mirror-padded so content does not wrap around.
     """
     rows, cols = image.shape
-    source_rows = np.clip(np.arange(rows) + row_offset_px, 0, rows - 1)
-    low = np.floor(source_rows).astype(np.intp)
-    high = np.minimum(low + 1, rows - 1)
-    weight = (source_rows - low).astype(np.float32)[:, None]
-    stretched = image[low] * (1 - weight) + image[high] * weight
-    source_cols = np.clip(np.arange(cols, dtype=np.float32)[None, :] + col_offset_px[None, :]
-                          + row_shift_px[:, None], 0, cols - 1)
-    left = np.floor(source_cols).astype(np.intp)
-    right = np.minimum(left + 1, cols - 1)
-    frac = source_cols - left
-    out = np.take_along_axis(stretched, left, axis=1) * (1 - frac)
-    out += np.take_along_axis(stretched, right, axis=1) * frac
-    return out.astype(np.float32)
+    pad = min(int(math.ceil(float(np.abs(shift_px).max()))) + 2, cols - 1)
+    padded = np.pad(image, ((0, 0), (pad, pad)), mode="reflect")
+    length = sfft.next_fast_len(padded.shape[1], real=True)
+    freqs = sfft.rfftfreq(length).astype(np.float32)
+    phase = np.exp(2j * math.pi * shift_px.astype(np.float32)[:, None] * freqs[None, :])
+    shifted = sfft.irfft(sfft.rfft(padded, n=length, axis=1, workers=1) * phase, n=length, axis=1, workers=1)
+    return shifted[:, pad:pad + cols].astype(np.float32)
+
+
+def scan_distortion(image: np.ndarray, row_shift_px: np.ndarray, row_offset_px: np.ndarray,
+                    col_offset_px: np.ndarray) -> np.ndarray:
+    """Resample as a distorted raster scan records it (edges extended).
+
+    Pixel (y, x) shows the specimen at (y + row_offset[y], x + row_shift[y] + col_offset[x]):
+    ``row_shift`` holds jitter and the x-drift shear (exact Fourier shift per
+    row), ``row_offset`` the y-drift stretch along the slow axis and
+    ``col_offset`` the flyback distortion at line starts (both linear
+    interpolation, applied only where they exceed 1/1000 px).
+    """
+    rows, cols = image.shape
+    out = image
+    if np.abs(row_offset_px).max() > 1e-3:
+        source_rows = np.clip(np.arange(rows) + row_offset_px, 0, rows - 1)
+        low = np.floor(source_rows).astype(np.intp)
+        high = np.minimum(low + 1, rows - 1)
+        weight = (source_rows - low).astype(np.float32)[:, None]
+        out = out[low] * (1 - weight) + out[high] * weight
+    if np.abs(row_shift_px).max() > 1e-3:
+        out = shift_rows(out, row_shift_px)
+    affected = np.flatnonzero(np.abs(col_offset_px) > 1e-3)
+    if affected.size:
+        width = int(affected.max()) + 1
+        source_cols = np.clip(np.arange(width, dtype=np.float32) + col_offset_px[:width], 0, cols - 1)
+        left = np.floor(source_cols).astype(np.intp)
+        right = np.minimum(left + 1, cols - 1)
+        frac = source_cols - left
+        out = out.copy() if out is image else out
+        out[:, :width] = out[:, left] * (1 - frac) + out[:, right] * frac
+    return out.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- detector
