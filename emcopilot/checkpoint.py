@@ -147,12 +147,13 @@ def _check_safetensors_bytes(path: Path) -> None:
     """Refuse a file that is not safetensors (e.g. a renamed torch.save pickle or zip)."""
     with open(path, "rb") as handle:
         head = handle.read(9)
+    if len(head) == 9 and 0 < int.from_bytes(head[:8], "little") <= _MAX_HEADER_BYTES and head[8:9] == b"{":
+        return  # safetensors layout; its header length may well start with 0x80 or "PK"
     if head[:2] == b"PK" or head[:1] == b"\x80":
         kind = "a torch zip archive" if head[:2] == b"PK" else "a pickle"
         raise CheckpointError(f"{path}: is {kind}, not safetensors; pickles are refused (loading one can run "
                               "arbitrary code)")
-    if len(head) < 9 or not (0 < int.from_bytes(head[:8], "little") <= _MAX_HEADER_BYTES) or head[8:9] != b"{":
-        raise CheckpointError(f"{path}: not a safetensors file (bad header)")
+    raise CheckpointError(f"{path}: not a safetensors file (bad header)")
 
 
 def architecture_mismatch(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:

@@ -243,3 +243,17 @@ def test_registered_with_the_declared_params():
     assert component.params["discriminator"].choices == ("patch", "pixel")
     model = component.create({"width": 4, "depth": 2})
     assert model.architecture()["in_channels"] == 3
+
+
+@pytest.mark.parametrize("header_px", [0x180, 0x4B50])  # first byte 0x80 (pickle's), first bytes "PK" (zip's)
+def test_safetensors_whose_header_length_looks_like_a_pickle_still_loads(tmp_path, header_px):
+    from safetensors.torch import load_file
+
+    from emcopilot.checkpoint import _check_safetensors_bytes
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (header_px - len(header))  # safetensors pads its header with spaces
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(header_px.to_bytes(8, "little") + header + np.float32(2.5).tobytes())
+    _check_safetensors_bytes(path)
+    assert float(load_file(str(path))["w"]) == 2.5
