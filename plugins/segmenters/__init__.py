@@ -1,0 +1,65 @@
+"""Built-in segmenters: ``unet`` (PyTorch) and ``classical`` (the classical prior extractor as a baseline).
+
+Registration only: torch and scikit-image are imported by the factories.
+"""
+from __future__ import annotations
+
+from emcopilot import Param, hookimpl
+
+UNET_PARAMS = {
+    "mode": Param("auto", str, choices=("auto", "particles", "atoms"),
+                  help="particles: foreground + distance map -> watershed; atoms: heatmap -> peaks; "
+                       "auto: from sample.kind"),
+    "depth": Param(3, int, min=1, max=6, help="number of 2x poolings"),
+    "width": Param(16, int, min=2, max=256, help="channels of the first level (doubling per level)"),
+    "learning_rate": Param(2e-3, float, min=1e-6, max=1.0),
+    "foreground_loss_weight": Param(1.0, float, min=0.0, help="weight of the foreground BCE (particles)"),
+    "distance_loss_weight": Param(1.0, float, min=0.0, help="weight of the distance-map BCE (particles)"),
+    "heatmap_loss_weight": Param(1.0, float, min=0.0, help="weight of the heatmap MSE (atoms)"),
+    "heatmap_positive_weight": Param(5.0, float, min=0.0,
+                                     help="extra MSE weight on atom pixels: 1 + w * target (atoms are sparse)"),
+    "augment_flips": Param(True, bool, help="random flips and 90-degree rotations"),
+    "intensity_jitter": Param(0.2, float, min=0.0, max=1.0, help="random gain and offset (normalised units)"),
+    "gamma_jitter": Param(0.3, float, min=0.0, max=2.0, help="random gamma: exp(U(-g, g))"),
+    "noise_std": Param(0.05, float, min=0.0, help="largest std of added Gaussian noise (normalised units)"),
+    "scale_jitter": Param(0.15, float, min=0.0, max=0.5, help="random zoom of crops: factor in [1-s, 1+s]"),
+    "normalise_percentiles": Param([1.0, 99.5], list, items=float, unit="%",
+                                   help="per-image intensity percentiles mapped to 0 and 1"),
+    "invert_dark_objects": Param(True, bool, help="invert images whose objects are darker than the support "
+                                                  "(sample.particle_contrast: dark) so the network sees bright objects"),
+    "tile_px": Param(256, int, min=16, max=8192, unit="px", help="inference tile side (working grid)"),
+    "tile_overlap_px": Param(32, int, min=0, max=4096, unit="px", help="overlap of neighbouring tiles, blended"),
+    "tile_batch": Param(8, int, min=1, max=1024, help="tiles per forward pass"),
+    "device": Param("auto", str, help="auto (CUDA when available), cpu, cuda or cuda:N (inference)"),
+    "foreground_threshold": Param(0.5, float, min=0.0, max=1.0, help="foreground probability of a particle pixel"),
+    "seed_threshold": Param(0.5, float, min=0.0, max=1.0,
+                            help="normalised distance above which pixels seed a particle (watershed markers)"),
+    "min_diameter_nm": Param(None, float, min=0.0, unit="nm",
+                             help="drop particles with a smaller equivalent diameter; default half sample.diameter_nm[0]"),
+    "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),
+    "peak_threshold": Param(0.5, float, min=0.0, max=1.0, help="least heatmap height of a detected atom"),
+    "min_atom_distance_nm": Param(0.15, float, min=0.0, unit="nm", help="least distance between detected atoms"),
+    "atom_disk_radius_nm": Param(0.1, float, min=0.0, unit="nm", help="radius of an atom's disk in the label image"),
+    "cluster_distance_nm": Param(None, float, min=0.0, unit="nm",
+                                 help="atoms closer than this share one label (a cluster); none: one label per atom"),
+}
+
+
+def _unet(params, sample):
+    from .unet import UNetSegmenter
+    return UNetSegmenter(params, sample)
+
+
+def _classical(params, sample):
+    from .classical import ClassicalSegmenter
+    return ClassicalSegmenter(params, sample)
+
+
+@hookimpl
+def register_segmenters(register):
+    register("unet", _unet, params=UNET_PARAMS,
+             description="U-Net: particles by foreground + distance-map watershed, atoms by heatmap peaks; "
+                         "tiled inference at the recipe's working pixel size")
+    register("classical", _classical,
+             params={"extractor_params": Param({}, dict, help="params of the 'classical' prior extractor")},
+             description="the classical prior extractor behind the segmenter interface (baseline; no training)")

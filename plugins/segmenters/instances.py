@@ -1,0 +1,152 @@
+"""From network outputs to instances, and from instances to training targets.
+
+Particle mode: a foreground probability and a normalised distance map (1 at
+each particle's centre, falling to 0 at its border) -> seeds where the
+distance is high -> marker watershed inside the foreground. Atom mode: a
+Gaussian heatmap -> local maxima -> points, small disks as labels, optional
+grouping of close atoms into clusters.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------- targets
+
+def particle_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground mask and per-instance distance to the border, normalised to 1 at the centre."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    foreground = (labels > 0).astype(np.float32)
+    distance = np.zeros(labels.shape, np.float32)
+    for index, window in enumerate(ndimage.find_objects(labels), 1):
+        if window is None:
+            continue
+        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in window)
+        inside = labels[padded] == index
+        edt = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        if edt.max() > 0:
+            distance[padded][inside] = (edt / edt.max())[inside]
+    return foreground, distance
+
+
+def atom_heatmap(points: np.ndarray, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Unit-height Gaussians of width ``sigma_px`` at (row, column) points; overlaps take the maximum."""
+    heatmap = np.zeros(shape, np.float32)
+    radius = max(1, int(np.ceil(3 * sigma_px)))
+    offsets = np.arange(-radius, radius + 1)
+    for row, col in np.asarray(points, float).reshape(-1, 2):
+        r0, c0 = int(round(row)), int(round(col))
+        rows, cols = r0 + offsets, c0 + offsets
+        keep_r = (rows >= 0) & (rows < shape[0])
+        keep_c = (cols >= 0) & (cols < shape[1])
+        if not keep_r.any() or not keep_c.any():
+            continue
+        gauss_r = np.exp(-((rows[keep_r] - row) ** 2) / (2 * sigma_px ** 2))
+        gauss_c = np.exp(-((cols[keep_c] - col) ** 2) / (2 * sigma_px ** 2))
+        block = np.ix_(rows[keep_r], cols[keep_c])
+        heatmap[block] = np.maximum(heatmap[block], np.outer(gauss_r, gauss_c))
+    return heatmap
+
+
+def points_of(labels: np.ndarray | None, points: np.ndarray | None) -> np.ndarray:
+    """Atom centres (row, column): the points, else the centroids of the labels."""
+    from scipy import ndimage
+
+    if points is not None:
+        return np.asarray(points, float).reshape(-1, 2)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return np.array(ndimage.center_of_mass(labels > 0, labels, ids), float).reshape(-1, 2)
+
+
+# --------------------------------------------------------------------------- post-processing
+
+def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foreground_threshold: float,
+                        seed_threshold: float, min_area_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Watershed instances from foreground and distance probabilities: ``(labels, scores)``."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    mask = foreground >= foreground_threshold
+    markers, n_markers = ndimage.label((distance >= seed_threshold) & mask)
+    labels = watershed(-distance, markers, mask=mask) if n_markers else np.zeros(mask.shape, np.int32)
+    # foreground blobs without a seed are objects too
+    orphans, n_orphans = ndimage.label(mask & (labels == 0))
+    if n_orphans:
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    labels = labels.astype(np.int32)
+    if labels.max() == 0:
+        return labels, np.zeros(0, np.float32)
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area_px
+    small[0] = False
+    labels[small[labels]] = 0
+    from skimage.segmentation import relabel_sequential
+    labels = relabel_sequential(labels)[0].astype(np.int32)
+    count = int(labels.max())
+    scores = ndimage.mean(foreground, labels, np.arange(1, count + 1)) if count else np.zeros(0)
+    return labels, np.asarray(scores, np.float32)
+
+
+def atoms_from_heatmap(heatmap: np.ndarray, *, threshold: float, min_distance_px: float, disk_radius_px: float,
+                       cluster_distance_px: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Peaks of a heatmap: ``(points (N, 2) row/col, labels, scores)``.
+
+    Points are refined to the intensity-weighted centre of their 3x3
+    neighbourhood. Labels are disks of ``disk_radius_px``; with
+    ``cluster_distance_px`` atoms closer than it share one label (a cluster).
+    """
+    from skimage.feature import peak_local_max
+
+    peaks = peak_local_max(heatmap, min_distance=max(1, int(round(min_distance_px))), threshold_abs=threshold,
+                           exclude_border=False)
+    scores = heatmap[peaks[:, 0], peaks[:, 1]].astype(np.float32) if len(peaks) else np.zeros(0, np.float32)
+    points = _refine(heatmap, peaks)
+    groups = _group(points, cluster_distance_px) if cluster_distance_px else np.arange(1, len(points) + 1)
+    labels = disk_labels(points, groups, heatmap.shape, disk_radius_px)
+    return points, labels, scores
+
+
+def _refine(heatmap: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    if not len(peaks):
+        return np.zeros((0, 2))
+    padded = np.pad(heatmap, 1, mode="edge")
+    offsets = np.array([-1, 0, 1])
+    refined = []
+    for row, col in peaks:
+        window = np.clip(padded[row:row + 3, col:col + 3], 0, None)
+        total = window.sum()
+        if total <= 0:
+            refined.append((row, col))
+            continue
+        refined.append((row + (window.sum(1) * offsets).sum() / total, col + (window.sum(0) * offsets).sum() / total))
+    return np.array(refined, float)
+
+
+def _group(points: np.ndarray, distance_px: float) -> np.ndarray:
+    """Cluster ids 1..K: connected components of atoms closer than ``distance_px``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    if not len(points):
+        return np.zeros(0, int)
+    pairs = cKDTree(points).query_pairs(distance_px, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
+    return connected_components(graph, directed=False)[1] + 1
+
+
+def disk_labels(points: np.ndarray, ids: np.ndarray, shape: tuple[int, int], radius_px: float) -> np.ndarray:
+    """Label image with a disk of ``radius_px`` (at least the centre pixel) per point."""
+    labels = np.zeros(shape, np.int32)
+    reach = int(np.ceil(radius_px))
+    offsets = np.arange(-reach, reach + 1)
+    for (row, col), index in zip(points, ids):
+        r0, c0 = int(round(row)), int(round(col))
+        rows, cols = np.meshgrid(r0 + offsets, c0 + offsets, indexing="ij")
+        inside = ((rows - row) ** 2 + (cols - col) ** 2 <= radius_px ** 2) | ((rows == r0) & (cols == c0))
+        inside &= (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+        labels[rows[inside], cols[inside]] = index
+    return labels

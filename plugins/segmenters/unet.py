@@ -1,0 +1,380 @@
+"""The ``unet`` segmenter: a small U-Net, its training, and tiled inference.
+
+Particle mode (``sample.kind == "particles"``): two outputs, foreground and a
+per-particle distance map normalised to 1 at the centre; instances by marker
+watershed. Atom mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per
+atom; peaks become points, small disks the labels, close atoms optionally one
+cluster.
+
+Every image is normalised by its own percentiles (so absolute intensity does
+not matter) and resampled to the working pixel size (``sample.pixel_size_nm``)
+before the network sees it; results are mapped back to the micrograph's grid.
+Inference runs on overlapping tiles blended with a smooth window, a batch of
+tiles at a time, under ``torch.inference_mode``, on CUDA when available.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from emcopilot.checkpoint import load_checkpoint, restore_module, save_checkpoint
+from emcopilot.errors import EmcopilotError, InputError
+from emcopilot.interfaces import Instances, Micrograph, TrainBudget
+from emcopilot.recipe import Sample
+from emcopilot.scale import labels_to_original, plan_scaling, points_to_original, to_working
+
+from . import instances as post
+
+log = logging.getLogger(__name__)
+
+PARTICLE_OUTPUTS = ("foreground", "distance")
+ATOM_OUTPUTS = ("heatmap",)
+
+
+# --------------------------------------------------------------------------- the network
+
+def _norm(channels: int) -> nn.Module:
+    # BatchNorm: at inference it uses running statistics, so a pixel's output does not depend on
+    # the rest of its tile (GroupNorm/InstanceNorm would make tiled and whole-frame results differ)
+    return nn.BatchNorm2d(channels)
+
+
+class _Block(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), _norm(out_channels),
+                         nn.ReLU(inplace=True),
+                         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), _norm(out_channels),
+                         nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """U-Net (Ronneberger et al., MICCAI 2015) with ``depth`` poolings and ``width`` base channels."""
+
+    def __init__(self, depth: int, width: int, out_channels: int, in_channels: int = 1):
+        super().__init__()
+        channels = [width * 2 ** level for level in range(depth + 1)]
+        self.encoder = nn.ModuleList([_Block(in_channels, channels[0])] +
+                                     [_Block(channels[level - 1], channels[level]) for level in range(1, depth + 1)])
+        self.reduce = nn.ModuleList([nn.Conv2d(channels[level + 1], channels[level], 1) for level in range(depth)])
+        self.decoder = nn.ModuleList([_Block(2 * channels[level], channels[level]) for level in range(depth)])
+        self.head = nn.Conv2d(channels[0], out_channels, 1)
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = block(x if level == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for level in reversed(range(self.depth)):
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = self.decoder[level](torch.cat([skips.pop(), self.reduce[level](x)], dim=1))
+        return self.head(x)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool) -> np.ndarray:
+    """Robust intensity normalisation: the low/high percentiles map to 0/1 (not clipped)."""
+    low, high = np.percentile(image, percentiles)
+    scale = high - low if high > low else (float(np.std(image)) or 1.0)
+    out = (np.asarray(image, np.float32) - low) / scale
+    return (1.0 - out if invert else out).astype(np.float32)
+
+
+def _window(size: int, overlap: int) -> np.ndarray:
+    """1-D blending weight: a raised-cosine ramp over ``overlap`` pixels at each side, never zero."""
+    weight = np.ones(size, np.float32)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+        weight[:overlap] = ramp
+        weight[size - overlap:] = np.minimum(weight[size - overlap:], ramp[::-1])
+    return np.maximum(weight, 1e-3)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    pad = [(0, max(0, shape[0] - array.shape[-2])), (0, max(0, shape[1] - array.shape[-1]))]
+    if not any(p[1] for p in pad):
+        return array
+    pad = [(0, 0)] * (array.ndim - 2) + pad
+    mode = "reflect" if all(p[1] < s for p, s in zip(pad[-2:], array.shape[-2:])) else "symmetric"
+    return np.pad(array, pad, mode=mode)
+
+
+# --------------------------------------------------------------------------- the segmenter
+
+class UNetSegmenter:
+    """Segmenter protocol implementation; see the module docstring."""
+
+    def __init__(self, params: Mapping[str, Any], sample: Sample | None):
+        self.params = dict(params)
+        self.sample = sample or Sample.from_dict({})
+        self.mode = self._mode()
+        self.working_pixel_size_nm = float(self.sample.pixel_size_nm)
+        self.normalisation = {"percentiles": list(self.params["normalise_percentiles"]),
+                              "invert": bool(self.params["invert_dark_objects"] and
+                                             self.sample.particle_contrast == "dark")}
+        if len(self.normalisation["percentiles"]) != 2 or not (
+                0 <= self.normalisation["percentiles"][0] < self.normalisation["percentiles"][1] <= 100):
+            raise InputError(f"normalise_percentiles must be [low, high] with 0 <= low < high <= 100, "
+                             f"got {self.params['normalise_percentiles']}")
+        self.net = self._new_net()
+        self.device = resolve_device(self.params["device"])
+        self.trained = False
+        self._warned_uncalibrated = False
+
+    # ---- configuration
+
+    def _mode(self) -> str:
+        if self.params["mode"] != "auto":
+            return self.params["mode"]
+        return "particles" if self.sample.kind == "particles" else "atoms"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return PARTICLE_OUTPUTS if self.mode == "particles" else ATOM_OUTPUTS
+
+    def architecture(self) -> dict[str, Any]:
+        return {"network": "unet", "depth": self.params["depth"], "width": self.params["width"],
+                "in_channels": 1, "outputs": list(self.outputs), "mode": self.mode}
+
+    def _new_net(self) -> UNet:
+        net = UNet(self.params["depth"], self.params["width"], len(self.outputs))
+        if self.mode == "atoms":  # atoms are rare pixels: start from a heatmap near 0 (sigmoid(-4) = 0.018)
+            nn.init.constant_(net.head.bias, -4.0)
+        return net
+
+    def _px(self, nm: float) -> float:
+        return nm / self.working_pixel_size_nm
+
+    # ---- training
+
+    def _targets(self, image: np.ndarray, label: Instances) -> np.ndarray:
+        """(C, H, W) float32 targets on the image's grid."""
+        if self.mode == "particles":
+            if label.labels is None:
+                raise InputError("particle mode trains on label images; these Instances hold points only")
+            return np.stack(post.particle_targets(label.labels))
+        points = post.points_of(label.labels, label.points)
+        return post.atom_heatmap(points, image.shape, self._px(self.params["atom_sigma_nm"]))[None]
+
+    def _check_pairs(self, images: Sequence[np.ndarray], labels: Sequence[Instances]) -> None:
+        if len(images) != len(labels) or not images:
+            raise InputError(f"fit needs as many label sets as images (at least one), got {len(images)} images "
+                             f"and {len(labels)} labels")
+        for index, (image, label) in enumerate(zip(images, labels)):
+            image = np.asarray(image)
+            if image.ndim != 2:
+                raise InputError(f"training image {index} must be 2-D, got shape {image.shape}")
+            if not np.isfinite(image).all():
+                raise InputError(f"training image {index} has NaN or infinite pixels")
+            if label.labels is not None and label.labels.shape != image.shape:
+                raise InputError(f"training image {index}: labels {label.labels.shape} differ from image {image.shape}")
+
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[Instances], workdir: Path | None = None, *,
+            budget: TrainBudget) -> dict[str, Any]:
+        """Train on images already at the working pixel size; returns the loss history."""
+        self._check_pairs(images, labels)
+        torch.manual_seed(budget.seed)
+        rng = np.random.default_rng(budget.seed)
+        self.net = self._new_net()  # seeded initialisation
+        device = resolve_device(budget.device)
+        self.device = device
+        crop = int(budget.crop_px) // 2 ** self.params["depth"] * 2 ** self.params["depth"]
+        if crop < 2 ** self.params["depth"]:
+            raise InputError(f"crop_px {budget.crop_px} is smaller than the U-Net's {2 ** self.params['depth']} px")
+        stacks = []  # (1 + C, H, W): normalised image and targets, padded to at least one crop
+        for image, label in zip(images, labels):
+            image = np.asarray(image, np.float32)
+            stack = np.concatenate([normalise(image, **self.normalisation)[None], self._targets(image, label)])
+            stacks.append(_pad_to(stack, (crop, crop)))
+        weights = np.array([s.shape[1] * s.shape[2] for s in stacks], float)
+        weights /= weights.sum()
+        net = self.net.to(device).train()
+        optimiser = torch.optim.AdamW(net.parameters(), lr=self.params["learning_rate"], weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, budget.steps), eta_min=0.1 * self.params["learning_rate"])
+        history: dict[str, Any] = {"loss": [], "step": [], "device": str(device), "crop_px": crop,
+                                   "batch_size": budget.batch_size, "seed": budget.seed}
+        started = time.perf_counter()
+        progress = _progress(budget)
+        step = 0
+        for step in range(1, budget.steps + 1):
+            batch = torch.from_numpy(np.stack([self._sample_crop(stacks[i], crop, rng)
+                                               for i in rng.choice(len(stacks), budget.batch_size, p=weights)]))
+            batch = batch.to(device)
+            loss = self._loss(net(batch[:, :1]), batch[:, 1:])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            if step % 10 == 0 or step == budget.steps:
+                history["loss"].append(float(loss.detach()))
+                history["step"].append(step)
+            if progress:
+                progress.update(1)
+            if budget.max_minutes and time.perf_counter() - started > 60 * budget.max_minutes:
+                log.warning("unet: stopped at step %d of %d: max_minutes=%s reached", step, budget.steps,
+                            budget.max_minutes)
+                break
+        if progress:
+            progress.close()
+        net.eval()
+        self.trained = True
+        history.update(steps=step, seconds=time.perf_counter() - started)
+        return history
+
+    def _sample_crop(self, stack: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+        """A random, augmented (1 + C, crop, crop) training sample."""
+        params = self.params
+        jitter = params["scale_jitter"]
+        scale = float(np.exp(rng.uniform(np.log(1 - jitter), np.log(1 + jitter)))) if jitter > 0 else 1.0
+        size = int(min(round(crop * scale), stack.shape[1], stack.shape[2]))
+        row = rng.integers(0, stack.shape[1] - size + 1)
+        col = rng.integers(0, stack.shape[2] - size + 1)
+        sample = stack[:, row:row + size, col:col + size]
+        if size != crop:
+            resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(sample))[None], size=(crop, crop),
+                                    mode="bilinear", align_corners=False)[0].numpy()
+            if self.mode == "particles":
+                resized[1] = resized[1] >= 0.5  # foreground stays binary
+            sample = resized
+        if params["augment_flips"]:
+            sample = np.rot90(sample, rng.integers(4), axes=(1, 2))
+            if rng.random() < 0.5:
+                sample = sample[:, :, ::-1]
+        sample = np.array(sample, np.float32)
+        image = sample[0]
+        if params["gamma_jitter"] > 0:  # sign-preserving gamma on the normalised intensities
+            gamma = float(np.exp(rng.uniform(-params["gamma_jitter"], params["gamma_jitter"])))
+            image = np.sign(image) * np.abs(image) ** gamma
+        if params["intensity_jitter"] > 0:
+            image = image * (1 + rng.uniform(-1, 1) * params["intensity_jitter"]) \
+                + rng.uniform(-1, 1) * params["intensity_jitter"]
+        if params["noise_std"] > 0:
+            image = image + rng.normal(0, rng.uniform(0, params["noise_std"]), image.shape)
+        sample[0] = image
+        return sample
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        params = self.params
+        if self.mode == "particles":
+            foreground = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
+            distance = F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1])
+            return params["foreground_loss_weight"] * foreground + params["distance_loss_weight"] * distance
+        heat = torch.sigmoid(logits[:, 0])
+        weight = 1 + params["heatmap_positive_weight"] * targets[:, 0]
+        return params["heatmap_loss_weight"] * (weight * (heat - targets[:, 0]) ** 2).mean()
+
+    # ---- inference
+
+    def predict_maps(self, image: np.ndarray) -> np.ndarray:
+        """(C, H, W) output probabilities for a normalised working-grid image, tile by tile."""
+        multiple = 2 ** self.params["depth"]
+        height, width = image.shape
+        tile = max(multiple, self.params["tile_px"] // multiple * multiple)
+        tile_h = min(tile, math.ceil(height / multiple) * multiple)
+        tile_w = min(tile, math.ceil(width / multiple) * multiple)
+        padded = _pad_to(image, (max(height, tile_h), max(width, tile_w)))
+        overlap = min(self.params["tile_overlap_px"], tile // 2)
+        starts = [(r, c) for r in _starts(padded.shape[0], tile_h, tile_h - overlap)
+                  for c in _starts(padded.shape[1], tile_w, tile_w - overlap)]
+        weight = np.outer(_window(tile_h, overlap if padded.shape[0] > tile_h else 0),
+                          _window(tile_w, overlap if padded.shape[1] > tile_w else 0)).astype(np.float32)
+        total = np.zeros((len(self.outputs),) + padded.shape, np.float32)
+        norm = np.zeros(padded.shape, np.float32)
+        net = self.net.to(self.device).eval()
+        batch_size = self.params["tile_batch"]
+        with torch.inference_mode():
+            for first in range(0, len(starts), batch_size):
+                chunk = starts[first:first + batch_size]
+                tiles = np.stack([padded[r:r + tile_h, c:c + tile_w] for r, c in chunk])[:, None]
+                probabilities = torch.sigmoid(net(torch.from_numpy(tiles).to(self.device))).float().cpu().numpy()
+                for (r, c), probability in zip(chunk, probabilities):
+                    total[:, r:r + tile_h, c:c + tile_w] += probability * weight
+                    norm[r:r + tile_h, c:c + tile_w] += weight
+        self.last_tiles = len(starts)
+        return (total / norm)[:, :height, :width]
+
+    def predict(self, micrograph: Micrograph) -> Instances:
+        if not self.trained:
+            raise EmcopilotError("unet segmenter has no weights: call fit() or load(model_dir) first")
+        micrograph.require_finite()
+        if micrograph.pixel_size_nm is None and not self._warned_uncalibrated:
+            warnings.warn(f"{micrograph.name}: no pixel size; treating it as already at the model's working "
+                          f"{self.working_pixel_size_nm} nm/px (sizes stay in pixels; pass --pixel-size-nm)",
+                          stacklevel=2)
+            self._warned_uncalibrated = True
+        scaling = plan_scaling(micrograph.shape, micrograph.pixel_size_nm, self.working_pixel_size_nm,
+                               micrograph.name)
+        image = normalise(to_working(micrograph.data, scaling), **self.normalisation)
+        maps = self.predict_maps(image)
+        metadata = {"segmenter": "unet", "mode": self.mode, **scaling.as_dict(), "tiles": self.last_tiles,
+                    "device": str(self.device)}
+        if self.mode == "particles":
+            diameter_min_nm = self.params["min_diameter_nm"] or 0.5 * self.sample.diameter_nm[0]
+            labels, scores = post.particles_from_maps(
+                maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
+                seed_threshold=self.params["seed_threshold"],
+                min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2)
+            return Instances(labels=labels_to_original(labels, scaling), scores=scores, metadata=metadata)
+        cluster_nm = self.params["cluster_distance_nm"]
+        points, labels, scores = post.atoms_from_heatmap(
+            maps[0], threshold=self.params["peak_threshold"], min_distance_px=self._px(self.params["min_atom_distance_nm"]),
+            disk_radius_px=self._px(self.params["atom_disk_radius_nm"]),
+            cluster_distance_px=self._px(cluster_nm) if cluster_nm else None)
+        return Instances(labels=labels_to_original(labels, scaling), points=points_to_original(points, scaling),
+                         scores=scores, metadata=metadata)
+
+    # ---- persistence
+
+    def config(self) -> dict[str, Any]:
+        return {"architecture": self.architecture(), "mode": self.mode,
+                "working_pixel_size_nm": self.working_pixel_size_nm, "normalisation": self.normalisation,
+                "segmenter": {"plugin": "unet", "params": self.params}, "sample": self.sample.as_dict()}
+
+    def save(self, directory: Path) -> None:
+        if not self.trained:
+            raise EmcopilotError("unet segmenter has no weights to save: call fit() first")
+        save_checkpoint(directory, self.net, self.config())
+
+    def load(self, directory: Path) -> None:
+        config, state_dicts = load_checkpoint(directory, expected_architecture=self.architecture())
+        if "model" not in state_dicts:
+            raise InputError(f"{directory}: checkpoint holds no 'model' network (found {', '.join(state_dicts)})")
+        restore_module(self.net, state_dicts["model"], str(directory))
+        self.working_pixel_size_nm = float(config.get("working_pixel_size_nm", self.working_pixel_size_nm))
+        self.normalisation = dict(config.get("normalisation", self.normalisation))
+        self.net.to(self.device).eval()
+        self.trained = True
+
+
+def _progress(budget: TrainBudget):
+    if not budget.progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=budget.steps, desc="unet", leave=False)
+

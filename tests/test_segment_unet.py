@@ -1,0 +1,192 @@
+"""The ``unet`` segmenter on toy tasks: learning, tiling, scale, persistence, bad input."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from emcopilot import Instances, Micrograph  # noqa: E402
+from emcopilot.errors import CheckpointError, EmcopilotError, InputError  # noqa: E402
+from emcopilot.evaluate import match  # noqa: E402
+from emcopilot.interfaces import TrainBudget  # noqa: E402
+from emcopilot.plugins import get_registry  # noqa: E402
+from emcopilot.recipe import Sample  # noqa: E402
+
+PARTICLES = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+ATOMS = Sample.from_dict({"kind": "atoms", "pixel_size_nm": 0.03, "diameter_nm": [0.08, 0.2]})
+TINY = {"depth": 2, "width": 8, "tile_px": 64, "tile_overlap_px": 16}
+
+
+def unet(sample, **params):
+    return get_registry().get("segmenter", "unet").create({**TINY, **params}, sample)
+
+
+def toy_particles(seed: int, size: int = 96, count: int = 8):
+    """Non-overlapping bright disks (radius 4-7 px) on a noisy, uneven background."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    for _ in range(count * 5):
+        row, col, radius = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(4, 7)
+        disk = (rows - row) ** 2 + (cols - col) ** 2 <= radius ** 2
+        if labels.max() == count or (labels[disk] > 0).any():
+            continue
+        labels[disk] = labels.max() + 1
+    image = 100 + 50 * (labels > 0) + rng.normal(0, 12, labels.shape) + 20 * np.sin(cols / 15)
+    return image.astype(np.float32), labels
+
+
+def toy_atoms(seed: int, size: int = 96, count: int = 15):
+    """Gaussian spots (sigma 1.5 px) at least 7 px apart on a noisy, uneven background."""
+    rng = np.random.default_rng(seed)
+    points: list[np.ndarray] = []
+    while len(points) < count:
+        candidate = rng.uniform(4, size - 4, 2)
+        if all(np.hypot(*(candidate - p)) >= 7 for p in points):
+            points.append(candidate)
+    points_array = np.array(points)
+    rows, cols = np.mgrid[:size, :size]
+    image = sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.5 ** 2)) for r, c in points_array)
+    image = 10 + 5 * image + rng.normal(0, 1.2, image.shape) + 3 * np.sin(rows / 20)
+    return image.astype(np.float32), points_array
+
+
+BUDGET = TrainBudget(steps=200, batch_size=4, crop_px=64, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def particle_model():
+    torch.set_num_threads(1)
+    data = [toy_particles(seed) for seed in range(4)]
+    segmenter = unet(PARTICLES)
+    history = segmenter.fit([d[0] for d in data], [Instances(labels=d[1]) for d in data], None, budget=BUDGET)
+    return segmenter, history
+
+
+@pytest.mark.slow
+def test_learns_toy_particles(particle_model):
+    segmenter, history = particle_model
+    assert history["steps"] == 200 and history["loss"][-1] < history["loss"][0]
+    scores = []
+    for seed in (100, 101):
+        image, labels = toy_particles(seed)
+        prediction = segmenter.predict(Micrograph(image, pixel_size_nm=0.1))
+        assert prediction.labels.shape == image.shape and prediction.metadata["mode"] == "particles"
+        scores.append(match(prediction, Instances(labels=labels)).summary()["f1"])
+    assert min(scores) > 0.9, scores
+
+
+@pytest.mark.slow
+def test_learns_toy_atoms():
+    torch.set_num_threads(1)
+    data = [toy_atoms(seed) for seed in range(4)]
+    segmenter = unet(ATOMS)
+    segmenter.fit([d[0] for d in data], [Instances(points=d[1]) for d in data], None, budget=BUDGET)
+    image, points = toy_atoms(100)
+    prediction = segmenter.predict(Micrograph(image, pixel_size_nm=0.03))
+    assert prediction.points is not None and prediction.labels.max() == len(prediction.points)
+    assert match(prediction, Instances(points=points), radius_px=3).summary()["f1"] > 0.9
+
+
+def test_tiled_and_untiled_agree_on_a_frame_that_fits_one_tile(particle_model):
+    segmenter, _ = particle_model
+    image, _ = toy_particles(7, size=128)
+    from emcopilot_plugins.segmenters.unet import normalise
+
+    normalised = normalise(image, [1.0, 99.5], False)
+    segmenter.params.update(tile_px=256)
+    whole = segmenter.predict_maps(normalised)
+    assert segmenter.last_tiles == 1
+    segmenter.params.update(tile_px=64, tile_overlap_px=32)
+    tiled = segmenter.predict_maps(normalised)
+    segmenter.params.update(TINY)
+    assert segmenter.last_tiles == 9
+    assert np.abs(whole - tiled).mean() < 0.002 and np.abs(whole - tiled).max() < 0.05
+    assert np.mean((whole[0] > 0.5) == (tiled[0] > 0.5)) > 0.999
+
+
+def test_resamples_to_the_working_pixel_size_and_maps_back(particle_model):
+    segmenter, _ = particle_model
+    image, labels = toy_particles(100)
+    # the same scene recorded at 0.05 nm/px: twice as many pixels
+    fine_image = np.kron(image, np.ones((2, 2), np.float32))
+    fine_labels = np.kron(labels, np.ones((2, 2), np.int32))
+    prediction = segmenter.predict(Micrograph(fine_image, pixel_size_nm=0.05))
+    assert prediction.labels.shape == fine_image.shape
+    assert prediction.metadata["scale_factor"] == pytest.approx(0.5)
+    assert match(prediction, Instances(labels=fine_labels)).summary()["f1"] > 0.9
+
+
+def test_uncalibrated_image_warns_once_and_is_recorded(particle_model):
+    segmenter, _ = particle_model
+    segmenter._warned_uncalibrated = False
+    image, _ = toy_particles(3)
+    with pytest.warns(UserWarning, match="no pixel size"):
+        first = segmenter.predict(Micrograph(image))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segmenter.predict(Micrograph(image))
+    assert first.metadata["calibrated"] is False and first.metadata["scale_factor"] == 1.0
+
+
+def test_frames_smaller_than_a_tile_and_odd_shapes(particle_model):
+    segmenter, _ = particle_model
+    for shape in ((13, 200), (70, 33), (5, 5)):
+        image = np.random.default_rng(0).normal(100, 10, shape).astype(np.float32)
+        assert segmenter.predict(Micrograph(image, pixel_size_nm=0.1)).labels.shape == shape
+
+
+def test_non_finite_pixels_are_refused(particle_model):
+    segmenter, _ = particle_model
+    image, _ = toy_particles(3)
+    image[5, 5] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        segmenter.predict(Micrograph(image, pixel_size_nm=0.1))
+
+
+def test_save_load_round_trip_and_refusals(particle_model, tmp_path):
+    segmenter, _ = particle_model
+    segmenter.save(tmp_path / "model")
+    restored = unet(PARTICLES)
+    restored.load(tmp_path / "model")
+    image, _ = toy_particles(5)
+    micrograph = Micrograph(image, pixel_size_nm=0.1)
+    np.testing.assert_array_equal(restored.predict(micrograph).labels, segmenter.predict(micrograph).labels)
+    with pytest.raises(CheckpointError, match="width: stored 8, expected 16"):
+        unet(PARTICLES, width=16).load(tmp_path / "model")
+    with pytest.raises(CheckpointError, match="mode: stored 'particles', expected 'atoms'"):
+        unet(ATOMS).load(tmp_path / "model")
+    torch.save(segmenter.net.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="pickle"):
+        restored.load(tmp_path / "model.pt")
+
+
+def test_untrained_segmenter_refuses_to_predict():
+    with pytest.raises(EmcopilotError, match="no weights"):
+        unet(PARTICLES).predict(Micrograph(np.zeros((8, 8), np.float32)))
+
+
+def test_training_is_deterministic_with_the_seed():
+    torch.set_num_threads(1)
+    image, labels = toy_particles(0, size=64)
+    budget = TrainBudget(steps=3, batch_size=2, crop_px=32, seed=5, progress=False)
+    states = []
+    for _ in range(2):
+        segmenter = unet(PARTICLES)
+        segmenter.fit([image], [Instances(labels=labels)], None, budget=budget)
+        states.append(segmenter.net.state_dict())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_fit_names_bad_training_pairs():
+    image, labels = toy_particles(0, size=32)
+    budget = TrainBudget(steps=1, batch_size=1, crop_px=32, progress=False)
+    with pytest.raises(InputError, match="as many label sets as images"):
+        unet(PARTICLES).fit([image], [], None, budget=budget)
+    with pytest.raises(InputError, match="points only"):
+        unet(PARTICLES).fit([image], [Instances(points=[[1, 1]])], None, budget=budget)
+    with pytest.raises(InputError, match=r"labels \(16, 16\) differ from image \(32, 32\)"):
+        unet(PARTICLES).fit([image], [Instances(labels=labels[:16, :16])], None, budget=budget)
