@@ -257,9 +257,10 @@ def _draw_outline(spec: LayoutSpec, rng: np.random.Generator) -> np.ndarray:
 
 def _radius_at(radius: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Linear interpolation of the sampled r(θ) at arbitrary angles."""
-    position = np.mod(theta, 2 * math.pi) * (OUTLINE_SAMPLES / (2 * math.pi))
-    low = np.floor(position).astype(np.intp) % OUTLINE_SAMPLES
-    frac = position - np.floor(position)
+    position = (theta + np.float32(2 * math.pi)) * np.float32(OUTLINE_SAMPLES / (2 * math.pi))  # θ >= -π
+    whole = np.floor(position)
+    low = whole.astype(np.intp) % OUTLINE_SAMPLES
+    frac = position - whole
     return radius[low] * (1 - frac) + radius[(low + 1) % OUTLINE_SAMPLES] * frac
 
 
@@ -288,10 +289,10 @@ def _footprint(center_px: tuple[float, float], radius_nm: np.ndarray, height_nm:
     col1 = min(shape[1], int(math.ceil(center_px[1] + reach_px)) + 1)
     if row0 >= row1 or col0 >= col1:
         return None
-    dy = (np.arange(row0, row1, dtype=np.float64) - center_px[0])[:, None]
-    dx = (np.arange(col0, col1, dtype=np.float64) - center_px[1])[None, :]
+    dy = (np.arange(row0, row1, dtype=np.float32) - np.float32(center_px[0]))[:, None]
+    dx = (np.arange(col0, col1, dtype=np.float32) - np.float32(center_px[1]))[None, :]
     r_px = np.hypot(dy, dx)
-    boundary_px = _radius_at(radius_nm, np.arctan2(dy, dx)) / pixel_size_nm
+    boundary_px = _radius_at(radius_nm.astype(np.float32), np.arctan2(dy, dx)) / np.float32(pixel_size_nm)
     mask = r_px <= boundary_px
     if not mask.any():
         return None

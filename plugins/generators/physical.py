@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -71,18 +72,26 @@ def make_physical(params: Mapping[str, Any], sample: Any) -> "PhysicalGenerator"
     return PhysicalGenerator(params, sample)
 
 
-def _support_field(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance Gaussian random field with power spectrum ∝ (k² + k0²)^(-β/2)."""
+@lru_cache(maxsize=8)
+def _field_amplitude(rows: int, cols: int, beta: float) -> np.ndarray:
+    """sqrt of the power spectrum (k² + k0²)^(-β/2) on an rfft2 grid, k in cycles/px."""
     from scipy import fft as sfft
-    rows, cols = shape
     k2 = sfft.fftfreq(rows)[:, None] ** 2 + sfft.rfftfreq(cols)[None, :] ** 2
     k0 = 1.0 / max(rows, cols)
     amplitude = ((k2 + k0 ** 2) ** (-beta / 4)).astype(np.float32)
     amplitude[0, 0] = 0.0
-    noise = rng.standard_normal(amplitude.shape, dtype=np.float32) \
-        + 1j * rng.standard_normal(amplitude.shape, dtype=np.float32)
-    field = sfft.irfft2(noise * amplitude, s=shape, workers=1).astype(np.float32)
-    return field / max(float(field.std()), 1e-30)
+    return amplitude
+
+
+def _support_field(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-variance Gaussian random field with power spectrum ∝ (k² + k0²)^(-β/2)."""
+    from scipy import fft as sfft
+    amplitude = _field_amplitude(shape[0], shape[1], float(beta))
+    spectrum = np.empty(amplitude.shape, np.complex64)  # single precision throughout
+    spectrum.real = rng.standard_normal(amplitude.shape, dtype=np.float32) * amplitude
+    spectrum.imag = rng.standard_normal(amplitude.shape, dtype=np.float32) * amplitude
+    field = sfft.irfft2(spectrum, s=shape, workers=1)
+    return field / np.float32(max(float(field.std()), 1e-30))
 
 
 def _atom_image(shape: tuple[int, int], atoms_px: np.ndarray, weights: np.ndarray,
@@ -128,7 +137,9 @@ class PhysicalGenerator:
         """Projected Zⁿ·thickness of the objects, nm·Zⁿ per pixel."""
         n = self.params["z_exponent"]
         if layout.kind == "particles" or layout.atoms is None:
-            objects = layout.thickness_nm * np.power(layout.z_map, n, dtype=np.float32)
+            objects = np.zeros(layout.shape, np.float32)
+            inside = layout.thickness_nm > 0  # Zⁿ only where there is matter (np.power is slow)
+            objects[inside] = layout.thickness_nm[inside] * np.power(layout.z_map[inside], np.float32(n))
         else:
             z = np.asarray(layout.atom_z, np.float64)
             # one atom holds Zⁿ times its volume; spread over the pixel area it is a thickness
@@ -139,24 +150,31 @@ class PhysicalGenerator:
 
     def render(self, layout, rng: np.random.Generator) -> np.ndarray:
         objects = self.object_mass_thickness(layout)
-        support = np.float32(self.params["support_thickness_nm"]) * (
-            1 + np.float32(self.params["support_roughness"])
-            * _support_field(layout.shape, self.params["support_spectrum_beta"], rng))
+        # support mass-thickness Z_s^n·t·max(1 + roughness·field, 0), in place (float32 passes are the cost)
+        support = _support_field(layout.shape, self.params["support_spectrum_beta"], rng)
+        support *= np.float32(self.params["support_roughness"])
+        support += np.float32(1)
         np.maximum(support, 0, out=support)  # a thickness; the field's rare deep troughs are holes
         if layout.support is not None:
             support[~layout.support] = 0
-        support *= np.float32(layout.support_z ** self.params["z_exponent"])
+        support *= np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
         support_scale, attenuation_scale = self._contrast_scales(objects, support, layout, rng)
         if self.modality == "haadf-stem":
-            return (self.params["haadf_fraction_per_nm_Zn"] * (objects + support_scale * support)).astype(np.float32)
-        exponent = self.params["bf_attenuation_per_nm_Zn"] * attenuation_scale * (objects + support)
-        return np.exp(-exponent).astype(np.float32)
+            support *= np.float32(support_scale)
+            support += objects
+            support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
+            return support
+        support += objects
+        support *= np.float32(-self.params["bf_attenuation_per_nm_Zn"] * attenuation_scale)
+        return np.exp(support, out=support)
 
     def _contrast_scales(self, objects, support, layout, rng) -> tuple[float, float]:
         """(support scale for HAADF, attenuation scale for BF) matching the fitted contrast ratio."""
         ratio = self.fitted.get("object_to_background_ratio")
+        if not (self.params["match_contrast"] and ratio):
+            return 1.0, 1.0
         inside = layout.labels > 0
-        if not (self.params["match_contrast"] and ratio and inside.any() and (~inside).any()):
+        if not (inside.any() and (~inside).any()):
             return 1.0, 1.0
         ratio = ratio ** math.exp(rng.normal(0, self.params["contrast_spread"]))
         object_level = float(np.median(objects[inside]))

@@ -180,24 +180,28 @@ class StemAdapter:
             signal = self._damage(signal, layout, conditions, scale, pixel_size_nm, rng)
         if not float(signal.max()) > 0:
             raise InputError("clean image carries no signal above the offset (maximum <= 0)")
+        geometry = self._scan_geometry(signal.shape, pixel_size_nm, conditions, scale, rng)
+        # a Gaussian probe's blur along rows is fused into the per-row Fourier shift of the scan
+        fuse = self.params["apply_psf"] and conditions["psf_tail_fraction"] <= 0 and scale["psf_sigma_px"] > 0
         if self.params["apply_psf"]:
-            signal = self._transfer(signal, pixel_size_nm, conditions, scale)
-        signal = self._scan(signal, pixel_size_nm, conditions, scale, rng)
+            signal = self._transfer(signal, pixel_size_nm, conditions, scale, axes=(0,) if fuse else (0, 1))
+        signal = effects.scan_distortion(signal, *geometry, row_blur_sigma_px=scale["psf_sigma_px"] if fuse else 0.0)
         # Transfer and interpolation can undershoot at sharp edges; a count rate cannot be negative.
         np.maximum(signal, 0, out=signal)
-        reference = float(np.median(signal))
+        reference = float(np.median(signal[::2, ::2]))  # every 4th pixel: 4x faster, same level
         if reference <= 0:
             reference = float(signal.mean())
         expected = signal * np.float32(scale["counts_per_px"] / reference)
         return effects.detect(expected, conditions["gain_du_per_e"], conditions["offset_du"],
                               conditions["read_noise_du"], rng)
 
-    def _transfer(self, signal, pixel_size_nm, conditions, scale) -> np.ndarray:
+    def _transfer(self, signal, pixel_size_nm, conditions, scale, axes=(0, 1)) -> np.ndarray:
         return effects.blur_with_probe(signal, scale["psf_sigma_px"], conditions["psf_tail_fraction"],
-                                       scale["tail_fwhm_px"])
+                                       scale["tail_fwhm_px"], axes)
 
-    def _scan(self, signal, pixel_size_nm, conditions, scale, rng) -> np.ndarray:
-        rows, cols = signal.shape
+    def _scan_geometry(self, shape, pixel_size_nm, conditions, scale, rng):
+        """(row shift, row offset, column offset) in px: jitter + drift shear, drift stretch, flyback."""
+        rows, cols = shape
         row_time_us = cols * conditions["pixel_dwell_us"] + conditions["flyback_us"]
         direction = conditions["drift_direction_deg"]
         angle = math.radians(direction) if direction is not None else rng.uniform(0, 2 * math.pi)
@@ -210,9 +214,7 @@ class StemAdapter:
         # the scan coils lag after flyback: the distortion decays along the line as exp(-t/τ)
         col_offset = (conditions["flyback_amplitude_nm"] / pixel_size_nm
                       * np.exp(-line_time_us / conditions["flyback_decay_us"])).astype(np.float32)
-        if not (row_shift.any() or row_offset.any() or col_offset.any()):
-            return signal
-        return effects.scan_distortion(signal, row_shift, row_offset, col_offset)
+        return row_shift, row_offset, col_offset
 
     def _damage(self, signal, layout, conditions, scale, pixel_size_nm, rng) -> np.ndarray:
         from .damage import displace_atoms, erode_edges, hop_probability
@@ -238,11 +240,11 @@ class BrightFieldAdapter(StemAdapter):
 
     modality = "bf-stem"
 
-    def _transfer(self, signal, pixel_size_nm, conditions, scale) -> np.ndarray:
+    def _transfer(self, signal, pixel_size_nm, conditions, scale, axes=(0, 1)) -> np.ndarray:
         voltage = conditions["accelerating_voltage_kV"]
         if voltage is None:
             voltage = getattr(self.sample, "accelerating_voltage_kV", None) or 200.0
         if conditions["phase_contrast_strength"] > 0:
             signal = effects.phase_contrast(signal, pixel_size_nm, conditions["defocus_nm"], conditions["cs_mm"],
                                             voltage, conditions["phase_contrast_strength"])
-        return super()._transfer(signal, pixel_size_nm, conditions, scale)
+        return super()._transfer(signal, pixel_size_nm, conditions, scale, axes)

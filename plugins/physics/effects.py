@@ -62,13 +62,36 @@ def filter_fourier(image: np.ndarray, transfer, reach_px: float) -> np.ndarray:
     return out[pad:pad + image.shape[0], pad:pad + image.shape[1]].astype(np.float32)
 
 
+def _gaussian_blur(image: np.ndarray, sigma_px: float, axes: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    """Separable Gaussian blur, mirror edges; short kernels as shifted sums (faster than scipy)."""
+    radius = int(math.ceil(3.5 * sigma_px))
+    if radius > 6:
+        sigmas = [sigma_px if axis in axes else 0.0 for axis in (0, 1)]
+        return ndimage.gaussian_filter(image, sigmas, mode="mirror", truncate=3.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_px) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = image
+    for axis in axes:
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="reflect")
+        length = out.shape[axis]
+        acc = taps[0] * (padded[:length] if axis == 0 else padded[:, :length])
+        for index in range(1, taps.size):
+            acc += taps[index] * (padded[index:index + length] if axis == 0 else padded[:, index:index + length])
+        out = acc
+    return out.astype(np.float32, copy=False)
+
+
 def blur_with_probe(image: np.ndarray, sigma_px: float, tail_fraction: float = 0.0,
-                    tail_fwhm_px: float = 0.0) -> np.ndarray:
-    """Convolve with the probe intensity (Gaussian core, optional long tail)."""
+                    tail_fwhm_px: float = 0.0, axes: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    """Convolve with the probe intensity (Gaussian core, optional long tail).
+
+    ``axes`` restricts a tail-free Gaussian to some axes (the other is then
+    applied by :func:`shift_rows`).
+    """
     if sigma_px <= 0 and tail_fraction <= 0:
         return image
     if tail_fraction <= 0:
-        return ndimage.gaussian_filter(image, sigma_px, mode="reflect", truncate=3.5)
+        return _gaussian_blur(image, sigma_px, axes)
     reach = max(4 * sigma_px, 3 * tail_fwhm_px)
     return filter_fourier(image, lambda r, c: probe_otf(r, c, sigma_px, tail_fraction, tail_fwhm_px), reach)
 
@@ -141,25 +164,33 @@ def row_jitter(rows: int, rms_px: float, exponent: float, rng: np.random.Generat
     return (shifts * (rms_px / math.sqrt(expected_variance))).astype(np.float32)
 
 
-def shift_rows(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
-    """Row y shows the specimen at x + shift[y]: an exact (band-limited) Fourier shift per row.
+def shift_rows(image: np.ndarray, shift_px: np.ndarray, blur_sigma_px: float = 0.0) -> np.ndarray:
+    """Row y shows the specimen at x + shift[y]: an exact (band-limited) Fourier shift per row,
+    optionally with a Gaussian blur of ``blur_sigma_px`` along the rows (free in Fourier space).
 
     Linear interpolation would low-pass every shifted row (down to 1/3 of the
     power at Nyquist for random sub-pixel shifts), i.e. add blur that jitter
     does not cause. Rows are mirror-padded so content does not wrap around.
     """
     rows, cols = image.shape
-    pad = min(int(math.ceil(float(np.abs(shift_px).max()))) + 2, cols - 1)
+    reach = float(np.abs(shift_px).max()) + 3.5 * blur_sigma_px
+    pad = min(int(math.ceil(reach)) + 2, cols - 1)
     padded = np.pad(image, ((0, 0), (pad, pad)), mode="reflect")
     length = sfft.next_fast_len(padded.shape[1], real=True)
     freqs = sfft.rfftfreq(length).astype(np.float32)
-    phase = np.exp(2j * math.pi * shift_px.astype(np.float32)[:, None] * freqs[None, :])
-    shifted = sfft.irfft(sfft.rfft(padded, n=length, axis=1, workers=1) * phase, n=length, axis=1, workers=1)
+    angle = np.float32(2 * math.pi) * shift_px.astype(np.float32)[:, None] * freqs[None, :]
+    phase = np.empty(angle.shape, np.complex64)  # exp(iθ) in single precision (np.exp would use complex128)
+    phase.real, phase.imag = np.cos(angle), np.sin(angle)
+    if blur_sigma_px > 0:
+        phase *= np.exp(-2 * math.pi ** 2 * blur_sigma_px ** 2 * freqs ** 2)[None, :]
+    spectrum = sfft.rfft(padded, n=length, axis=1, workers=1)
+    spectrum *= phase
+    shifted = sfft.irfft(spectrum, n=length, axis=1, workers=1)
     return shifted[:, pad:pad + cols].astype(np.float32)
 
 
 def scan_distortion(image: np.ndarray, row_shift_px: np.ndarray, row_offset_px: np.ndarray,
-                    col_offset_px: np.ndarray) -> np.ndarray:
+                    col_offset_px: np.ndarray, row_blur_sigma_px: float = 0.0) -> np.ndarray:
     """Resample as a distorted raster scan records it (edges extended).
 
     Pixel (y, x) shows the specimen at (y + row_offset[y], x + row_shift[y] + col_offset[x]):
@@ -167,6 +198,8 @@ def scan_distortion(image: np.ndarray, row_shift_px: np.ndarray, row_offset_px: 
     row), ``row_offset`` the y-drift stretch along the slow axis and
     ``col_offset`` the flyback distortion at line starts (both linear
     interpolation, applied only where they exceed 1/1000 px).
+    ``row_blur_sigma_px``: the probe's blur along rows, fused into the row
+    shift (it commutes with both the shift and the slow-axis stretch).
     """
     rows, cols = image.shape
     out = image
@@ -176,8 +209,8 @@ def scan_distortion(image: np.ndarray, row_shift_px: np.ndarray, row_offset_px: 
         high = np.minimum(low + 1, rows - 1)
         weight = (source_rows - low).astype(np.float32)[:, None]
         out = out[low] * (1 - weight) + out[high] * weight
-    if np.abs(row_shift_px).max() > 1e-3:
-        out = shift_rows(out, row_shift_px)
+    if np.abs(row_shift_px).max() > 1e-3 or row_blur_sigma_px > 0:
+        out = shift_rows(out, row_shift_px, row_blur_sigma_px)
     affected = np.flatnonzero(np.abs(col_offset_px) > 1e-3)
     if affected.size:
         width = int(affected.max()) + 1
@@ -198,17 +231,17 @@ def detect(expected_counts: np.ndarray, gain_du_per_e: float, offset_du: float, 
 
     Poisson–Gaussian model of a counting/integrating detector (Foi et al.,
     IEEE Trans. Image Process. 17 (2008) 1737): mean = offset + gain·λ,
-    variance = gain²·λ + read².
+    variance = gain²·λ + read². Where λ >= POISSON_EXACT_BELOW shot and read
+    noise are drawn together as one Gaussian of that mean and variance.
     """
-    counts = np.empty(expected_counts.shape, np.float32)
-    low = expected_counts < POISSON_EXACT_BELOW
+    gain, offset, read = np.float32(gain_du_per_e), np.float32(offset_du), np.float32(read_noise_du)
+    lam = expected_counts.astype(np.float32, copy=False)
+    signal = offset + gain * lam
+    signal += np.sqrt(gain * gain * lam + read * read) * rng.standard_normal(lam.shape, dtype=np.float32)
+    low = lam < POISSON_EXACT_BELOW
     if low.any():
-        counts[low] = rng.poisson(expected_counts[low])
-    high = ~low
-    if high.any():
-        lam = expected_counts[high]
-        counts[high] = lam + np.sqrt(lam) * rng.standard_normal(lam.shape, dtype=np.float32)
-    signal = counts * np.float32(gain_du_per_e) + np.float32(offset_du)
-    if read_noise_du > 0:
-        signal += rng.standard_normal(signal.shape, dtype=np.float32) * np.float32(read_noise_du)
+        exact = gain * rng.poisson(lam[low]).astype(np.float32) + offset
+        if read > 0:
+            exact += read * rng.standard_normal(exact.shape, dtype=np.float32)
+        signal[low] = exact
     return signal
