@@ -219,8 +219,13 @@ def _polygon_radius(angles: np.ndarray, sides: int, orientation: float) -> np.nd
 
 def _outline_radius(outline: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """Radial function of a contour about its centroid (made star-shaped)."""
-    points = np.asarray(outline, dtype=np.float64)
-    points = points - points.mean(axis=0)
+    vertices = np.asarray(outline, dtype=np.float64)
+    # resample densely along the perimeter: straight edges between far-apart vertices
+    closed = np.vstack([vertices, vertices[:1]])
+    steps = np.linspace(0, 1, 16, endpoint=False)
+    points = (closed[:-1, None, :] * (1 - steps)[None, :, None] + closed[1:, None, :] * steps[None, :, None])
+    points = points.reshape(-1, 2)
+    points = points - vertices.mean(axis=0)
     theta = np.arctan2(points[:, 0], points[:, 1])
     radius = np.hypot(points[:, 0], points[:, 1])
     order = np.argsort(theta)
@@ -446,13 +451,14 @@ def _sample_objects(spec: LayoutSpec, layout: Layout, count: int, support: np.nd
         else:
             radius = _draw_outline(spec, rng) * diameter
         placed = False
+        touching = bool(centers) and rng.random() < spec.touching_fraction
         for _ in range(PLACEMENT_ATTEMPTS):
-            touching = bool(centers) and rng.random() < spec.touching_fraction
             if touching:
+                # outlines meet along the line of centres, half a pixel apart: adjacent pixels
                 other = int(rng.integers(len(centers)))
                 direction = rng.uniform(0, 2 * math.pi)
                 distance_px = (_radius_at(outlines[other], np.array(direction))
-                               + _radius_at(radius, np.array(direction + math.pi))) / ps + gap_px
+                               + _radius_at(radius, np.array(direction + math.pi))) / ps + 0.5
                 center = (centers[other][0] + distance_px * math.sin(direction),
                           centers[other][1] + distance_px * math.cos(direction))
             else:
