@@ -1,0 +1,75 @@
+"""``emcopilot segment``: rebuild a saved model, write DESIGN §6 outputs, evaluate them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from emcopilot import Instances  # noqa: E402
+from emcopilot.cli import main  # noqa: E402
+from emcopilot.interfaces import TrainBudget  # noqa: E402
+from emcopilot.plugins import get_registry  # noqa: E402
+from emcopilot.recipe import Sample  # noqa: E402
+
+
+def _disks(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    for index, (row, col) in enumerate([(16, 16), (16, 46), (46, 30)], 1):
+        labels[(rows - row) ** 2 + (cols - col) ** 2 <= 36] = index
+    return (100 + 60 * (labels > 0) + rng.normal(0, 5, labels.shape)).astype(np.float32), labels
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    torch.set_num_threads(1)
+    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    segmenter = get_registry().get("segmenter", "unet").create({"depth": 2, "width": 8}, sample)
+    image, labels = _disks()
+    segmenter.fit([image], [Instances(labels=labels)], None,
+                  budget=TrainBudget(steps=60, batch_size=2, crop_px=64, seed=0, progress=False))
+    segmenter.save(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_segment_writes_outputs_that_evaluate_reads(model_dir, tmp_path, capsys):
+    pytest.importorskip("emcopilot.measure")
+    import imageio.v3 as iio
+    import pandas as pd
+
+    image, labels = _disks(seed=1)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    iio.imwrite(inputs / "a.png", np.clip(image, 0, 255).astype(np.uint8))
+    (inputs / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["segment", "--model", str(model_dir), "--input", str(inputs), "--out", str(out),
+                 "--pixel-size-nm", "0.1", "--no-progress"])
+    assert code == 3  # one input failed, the other was segmented
+    table = pd.read_csv(out / "particles.csv")
+    assert {"image", "id", "x", "y", "bbox_x0", "area_px", "eq_diameter_px", "eq_diameter_nm"} <= set(table.columns)
+    assert (out / "masks" / "a.png.tif").is_file() and (out / "particles.parquet").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["errors"][0]["input"].endswith("broken.png") and run["timings"]["megapixels_per_s"] > 0
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    import tifffile
+    tifffile.imwrite(truth / "a.tif", labels)
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(out / "particles.csv"), "--truth", str(truth), "--format", "masks"]) == 0
+    assert "pooled (1 images)" in capsys.readouterr().out
+
+
+def test_segment_refuses_pickled_or_foreign_models(model_dir, tmp_path, capsys):
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "config.json").unlink()
+    torch.save({"w": torch.zeros(1)}, model_dir / "model.pt")
+    code = main(["segment", "--model", str(model_dir), "--input", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 1 and "pickle files (model.pt) are refused" in capsys.readouterr().err
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert main(["segment", "--model", str(model_dir), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    assert "does not name a segmenter" in capsys.readouterr().err
