@@ -153,13 +153,21 @@ class LoopState:
 
     # ------------------------------------------------------------ fits
 
+    def scalings(self):
+        from .scale import plan_scaling
+        return [plan_scaling(m.shape, m.pixel_size_nm, self.working_px, m.name) for m in self.micrographs]
+
     def working_images(self) -> list[Micrograph]:
-        from .scale import to_working_scale
-        return [to_working_scale(m, self.working_px) for m in self.micrographs]
+        """The real micrographs resampled to the recipe's working pixel size."""
+        from .scale import to_working
+        return [Micrograph(to_working(m.data, scaling), pixel_size_nm=self.working_px, modality=m.modality,
+                           source=m.source, name=m.name, metadata=m.metadata)
+                for m, scaling in zip(self.micrographs, self.scalings())]
 
     def working_labels(self) -> list[np.ndarray]:
-        from .scale import labels_to_working_scale
-        return [labels_to_working_scale(prior, m, self.working_px) for prior, m in zip(self.priors, self.micrographs)]
+        """The priors' label images on the working grid (points become their disks)."""
+        from .scale import to_working_labels
+        return [to_working_labels(prior.labels, scaling) for prior, scaling in zip(self.priors, self.scalings())]
 
     def fit_prior(self, round_index: int):
         def compute(directory: Path) -> None:

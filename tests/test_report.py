@@ -1,0 +1,71 @@
+"""The HTML report: self-contained, renders in a real headless browser without console errors."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emcopilot import Instances, Micrograph
+from emcopilot.report import write_report
+from emcopilot.statistics import size_statistics
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def make_report(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((96, 96), np.int32)
+    rows = []
+    for index, (r, c, radius) in enumerate([(20, 20, 6), (60, 30, 8), (40, 70, 5), (80, 80, 7)], start=1):
+        yy, xx = np.ogrid[:96, :96]
+        labels[(yy - r) ** 2 + (xx - c) ** 2 <= radius**2] = index
+        rows.append(dict(image="a.tif", id=index, x=c, y=r, bbox_x0=c - radius, bbox_y0=r - radius,
+                         bbox_x1=c + radius + 1, bbox_y1=r + radius + 1, area_px=np.pi * radius**2,
+                         eq_diameter_px=2 * radius, eq_diameter_nm=0.2 * 2 * radius, touches_edge=False))
+    micrograph = Micrograph(rng.normal(size=(96, 96)) + (labels > 0) * 3, pixel_size_nm=0.2, name="a.tif")
+    table = pd.DataFrame(rows)
+    statistics = size_statistics(table, {"a.tif": {"shape": (96, 96), "pixel_size_nm": 0.2}}, n_boot=50)
+    path = write_report(tmp_path / "report.html", title="test <report>", micrographs=[micrograph],
+                        instances=[Instances(labels=labels, points=np.array([[20.0, 20.0]]))], table=table,
+                        statistics=statistics, run_info={"recipe": {"name": "x"}},
+                        synthetic=[rng.normal(size=(64, 64))], histories={"segmenter": {"loss": [1.0, 0.5, 0.2]}},
+                        metrics={"f1": 0.9})
+    return path
+
+
+def test_report_is_self_contained(tmp_path):
+    text = make_report(tmp_path).read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert "test &lt;report&gt;" in text  # escaped
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', text)
+    assert len(images) == 4  # histogram, overlay, montage, curves
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert "mean diameter (nm)" in text
+
+
+def test_report_renders_in_headless_browser(tmp_path):
+    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if browser is None:
+        pytest.skip("no chromium installed")
+    path = make_report(tmp_path)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    # 1) the DOM after load, and the console (the page has no scripts: any console message is a fault)
+    dom = subprocess.run([browser, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<img") == 4
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]  # chromium logs every level as INFO
+    assert not console, console
+    # 2) a screenshot: the figures really render (the page is not blank)
+    shot = tmp_path / "shot.png"
+    result = subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", path.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    import imageio.v3 as iio
+    pixels = iio.imread(shot)
+    assert pixels.std() > 20  # figures drawn, not an empty white page
