@@ -204,10 +204,13 @@ def fit_image(image: np.ndarray, name: str, jitter_exponent: float) -> dict:
     """Every estimate for one image, in detector units (DU) and pixels."""
     image = check_image(image, name)
     noise = fit_noise(image)
-    noise_variance = noise["gain_du_per_e"] * max(float(image.mean()) - noise["offset_du"], 0.0) \
+    # the row spectrum weights pixels by the squared window: so must the (signal-dependent) noise floor
+    weights = np.outer(np.hanning(image.shape[0]), np.hanning(image.shape[1])) ** 2
+    weighted_mean = float(np.sum(weights * image) / np.sum(weights))
+    noise_variance = noise["gain_du_per_e"] * max(weighted_mean - noise["offset_du"], 0.0) \
         + noise["read_noise_du"] ** 2
     # a Poisson–Gaussian fit pins the white-noise floor; processed images leave it free
-    tolerance = 1.3 if noise["noise_model"] == "poisson-gaussian" else 20.0
+    tolerance = 1.1 if noise["noise_model"] == "poisson-gaussian" else 20.0
     spectrum = fit_spectrum(image, noise_variance, tolerance)
     jitter = fit_jitter(image, jitter_exponent)
     counts = (float(np.median(image)) - noise["offset_du"]) / noise["gain_du_per_e"]
