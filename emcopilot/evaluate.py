@@ -68,7 +68,7 @@ class Objects:
         if kind == self.kind:
             return self
         if self.kind == "labels":
-            boxes, centroids, diameters = _label_geometry(self.labels)
+            boxes, centroids, diameters = label_geometry(self.labels)
         else:
             boxes = self.boxes
             centroids = np.stack([(boxes[:, 1] + boxes[:, 3]) / 2, (boxes[:, 0] + boxes[:, 2]) / 2], axis=1) \
@@ -85,7 +85,7 @@ def _label_ids(labels: np.ndarray) -> np.ndarray:
     return ids[ids > 0]
 
 
-def _label_geometry(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_geometry(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Half-open boxes (x0, y0, x1, y1), centroids (row, col) and equivalent diameters."""
     from scipy import ndimage
 
@@ -330,7 +330,7 @@ def diameters_of(value: Any, name: str = "", prefer_nm: bool = True) -> tuple[np
     if isinstance(value, (Objects, Instances)) or (np.ndim(value) == 2):
         objects = as_objects(value, name)
         if objects.kind == "labels":
-            diameters = _label_geometry(objects.labels)[2]
+            diameters = label_geometry(objects.labels)[2]
         elif objects.diameters_px is not None:
             diameters = objects.diameters_px
         else:
@@ -603,7 +603,7 @@ def _evaluate_image(image: str, image_table: Any, truth_path: Path, settings: Ev
             raise InputError(f"format masks needs the predicted label image of {image!r} in {masks_dir}")
         prediction = Objects("labels", labels=read_mask_truth(mask_file), name=image)
         truth = Objects("labels", labels=read_mask_truth(truth_path), name=truth_path.name)
-        true_diameters = _label_geometry(truth.labels)[2]
+        true_diameters = label_geometry(truth.labels)[2]
     prediction.pixel_size_nm = truth.pixel_size_nm = pixel_size_nm
     matching = match(prediction, truth, iou_threshold=settings.iou_threshold,
                      radius_px=settings.radius_px, radius_nm=settings.radius_nm)
@@ -611,7 +611,7 @@ def _evaluate_image(image: str, image_table: Any, truth_path: Path, settings: Ev
                            "n_true": matching.n_true, **matching.summary()}
     if true_diameters is not None and "eq_diameter_px" in image_table.columns:
         predicted = (image_table["eq_diameter_px"].to_numpy(float) if settings.format != "masks"
-                     else _label_geometry(prediction.labels)[2])
+                     else label_geometry(prediction.labels)[2])
         stats = size_distribution(predicted, true_diameters)
         row["mean_diameter_rel_error"] = stats["mean_diameter_rel_error"]
         pooled_pred.append(predicted)
