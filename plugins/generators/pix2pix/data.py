@@ -161,13 +161,22 @@ def random_batch(pairs: Sequence[Pair], batch_size: int, crop_px: int,
 
 def validation_tiles(pairs: Sequence[Pair], crop_px: int, count: int,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping crops of the held-back bands (at most ``count``, a seeded choice)."""
+    """Non-overlapping crops of the held-back bands (at most ``count``, a seeded choice).
+
+    Flat crops (1st and 99th percentile equal, e.g. saturated vacuum) carry no
+    contrast to score and are left out.
+    """
     tiles = []
     for pair in pairs:
         rows = pair.image.shape[0]
         for row in range(pair.train_rows, rows - crop_px + 1, crop_px):
             for column in range(0, pair.image.shape[1] - crop_px + 1, crop_px):
-                tiles.append((pair, row, column))
+                low, high = np.percentile(pair.image[row:row + crop_px, column:column + crop_px], PERCENTILES)
+                if high > low:
+                    tiles.append((pair, row, column))
+    if not tiles:
+        raise InputError("every held-back validation crop is flat (no contrast); pass images with contrast "
+                         "in their bottom rows or raise holdout_fraction")
     if len(tiles) > count:
         tiles = [tiles[index] for index in sorted(rng.choice(len(tiles), size=count, replace=False))]
     conditions = np.stack([p.condition[:, r:r + crop_px, c:c + crop_px] for p, r, c in tiles])
