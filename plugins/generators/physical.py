@@ -19,10 +19,13 @@ mass-thickness of one atom volume. The amorphous support is a random field
 with a 1/f^β power spectrum around its mean thickness; vacuum where the
 layout's support mask is false.
 
-``fit`` measures the object-to-background intensity ratio of real images
-with prior label maps; ``generate`` then scales the support (HAADF) or the
-attenuation (BF) per image so the rendered ratio matches it (± a random
-spread), since absolute thicknesses are rarely known.
+``fit`` measures the object-to-background intensity ratio (mean inside the
+objects over the median background, above the image's 0.5th percentile) and
+the support's relative roughness of real images with prior label maps;
+``generate`` then uses that roughness and scales the support (HAADF) or the
+attenuation (BF) per image so the rendered ratio matches (± a random
+spread), since absolute thicknesses are rarely known. The support's spectral
+slope is a parameter: set it from the adapter's fitted ``spectrum_beta``.
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ PARAMS = {
                           help="width of one atom's projected potential (thermal smearing included)"),
     "atom_volume_nm3": Param(0.0151, float, min=1e-4, max=1.0, unit="nm³",
                              help="volume per atom in the solid (fcc Pt: a³/4 = 0.0151 nm³)"),
-    "match_contrast": Param(True, bool, help="after fit(), match the real object/background ratio"),
+    "match_contrast": Param(True, bool, help="after fit(), match the real object/background ratio "
+                                             "and support roughness"),
     "contrast_spread": Param(0.2, float, min=0.0, max=2.0,
                              help="log-normal spread of the matched contrast between images"),
 }
@@ -152,7 +156,8 @@ class PhysicalGenerator:
         objects = self.object_mass_thickness(layout)
         # support mass-thickness Z_s^n·t·max(1 + roughness·field, 0), in place (float32 passes are the cost)
         support = _support_field(layout.shape, self.params["support_spectrum_beta"], rng)
-        support *= np.float32(self.params["support_roughness"])
+        roughness = self.fitted.get("support_roughness") if self.params["match_contrast"] else None
+        support *= np.float32(self.params["support_roughness"] if roughness is None else min(roughness, 1.0))
         support += np.float32(1)
         np.maximum(support, 0, out=support)  # a thickness; the field's rare deep troughs are holes
         if layout.support is not None:
@@ -177,7 +182,7 @@ class PhysicalGenerator:
         if not (inside.any() and (~inside).any()):
             return 1.0, 1.0
         ratio = ratio ** math.exp(rng.normal(0, self.params["contrast_spread"]))
-        object_level = float(np.median(objects[inside]))
+        object_level = float(np.mean(objects[inside]))  # mean: atoms are peaked, blur keeps the mean
         background = float(np.median(support[~inside]))
         if self.modality == "haadf-stem" and ratio > 1 and background > 0:
             # (O + s·B) / (s·B) = r  ->  s = O / (B (r - 1))
@@ -191,10 +196,17 @@ class PhysicalGenerator:
 
     def fit(self, label_maps: Sequence[np.ndarray], images: Sequence[Any], workdir: Path | None = None, *,
             budget: Any = None) -> dict[str, Any]:
-        """Median object/background intensity ratio over images (dark level: 0.5th percentile)."""
+        """Contrast and support texture of real images with prior label maps (medians over images).
+
+        - ``object_to_background_ratio``: mean(object) / median(background),
+          both above the dark level (the image's 0.5th percentile);
+        - ``support_roughness``: rms of the background over its level, after
+          removing white noise (variance of the fourth difference along rows,
+          which cancels smooth texture).
+        """
         if len(label_maps) != len(images):
             raise InputError(f"physical.fit: {len(label_maps)} label maps for {len(images)} images")
-        ratios = []
+        ratios, roughness = [], []
         for labels, image in zip(label_maps, images):
             data = np.asarray(getattr(image, "data", image), np.float64)
             labels = np.asarray(labels)
@@ -205,9 +217,16 @@ class PhysicalGenerator:
                 continue
             dark = float(np.percentile(data, 0.5))
             background = float(np.median(data[~inside])) - dark
-            if background > 0:
-                ratios.append((float(np.median(data[inside])) - dark) / background)
+            if background <= 0:
+                continue
+            ratios.append((float(np.mean(data[inside])) - dark) / background)
+            fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
+            outside = ~inside[:, 2:-2]
+            noise_variance = float(np.mean(fourth[outside] ** 2)) / 70.0  # Σ weights² = 70
+            texture = float(np.var(data[:, 2:-2][outside])) - noise_variance
+            roughness.append(math.sqrt(max(texture, 0.0)) / background)
         self.fitted = {"object_to_background_ratio": float(np.median(ratios)) if ratios else None,
+                       "support_roughness": float(np.median(roughness)) if roughness else None,
                        "images_used": len(ratios), "modality": self.modality}
         return dict(self.fitted)
 
