@@ -8,8 +8,8 @@ from __future__ import annotations
 from emcopilot import Param, hookimpl
 
 PARAMS = {
-    "width": Param(32, int, min=4, max=256, help="channels of the first U-Net level and of the discriminator's "
-                                                  "first layer (pix2pix: 64; 16-32 for CPU training)"),
+    "width": Param(16, int, min=4, max=256, help="channels of the first U-Net level and of the discriminator's "
+                                                  "first layer: 16 trains on a CPU; the pix2pix paper's 64 on a GPU"),
     "depth": Param(4, int, min=1, max=8, help="U-Net downsamplings; crops must be multiples of 2**depth px"),
     "norm": Param("batch", str, choices=("batch", "instance", "none"), help="normalisation layers"),
     "discriminator": Param("patch", str, choices=("patch", "pixel"),

@@ -10,10 +10,11 @@ conditional *mean* image, which is smooth: pixel noise is unpredictable from
 the label map, so it averages away; the adversarial term sharpens edges and
 texture but, without a noise input, cannot reproduce random shot noise either.
 The output is therefore treated as a *clean* image, in the intensity range of
-the training images (the median of their 1st..99th percentile ranges). The
-physics adapter adds what the microscope adds afterwards, once: shot and read
-noise at the recipe's dose, scan jitter, drift and the probe blur beyond what
-the training images already show. Do not add noise before the adapter.
+the training images (the median of their 1st..99th percentile ranges), and
+it already carries the probe blur of those images. The physics adapter adds
+what varies from frame to frame, once: shot and read noise at the dose, scan
+jitter and drift. Use it with ``clean_units: detector`` and ``apply_psf:
+false`` (no second blur); do not add noise before the adapter.
 """
 from __future__ import annotations
 
