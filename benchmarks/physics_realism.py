@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from skimage.draw import disk, ellipse
 
 from emcopilot.interfaces import Micrograph
 from emcopilot.io import read_micrograph
@@ -57,10 +58,10 @@ def acstem_case(path: Path, data_dir: Path):
     spec = LayoutSpec("atoms", 0.28, 0.0, number_density_per_nm2=len(points) / area_nm2,
                       atom_min_separation_nm=0.3, clustering=0.3)
     labels = np.zeros(micrograph.shape, np.int32)
-    rows, cols = np.mgrid[:micrograph.shape[0], :micrograph.shape[1]]
     radius_px = spec.atom_radius_nm / micrograph.pixel_size_nm  # the layout's label disks
     for index, (row, col) in enumerate(points, start=1):
-        labels[(rows - row) ** 2 + (cols - col) ** 2 <= radius_px ** 2] = index
+        rr, cc = disk((row, col), radius_px, shape=labels.shape)
+        labels[rr, cc] = index
     return micrograph, micrograph.pixel_size_nm, spec, labels, "haadf-stem"
 
 
@@ -68,6 +69,7 @@ def ardagen_case(path: Path, data_dir: Path):
     micrograph = read_micrograph(path)[0]
     height, width = micrograph.shape
     boxes = np.loadtxt(data_dir / "ardagen-dev" / "labels" / f"{path.stem}.txt", ndmin=2)
+    boxes = boxes[(boxes[:, 3] > 0) & (boxes[:, 4] > 0)]  # a few annotations are degenerate
     box_w, box_h = boxes[:, 3] * width, boxes[:, 4] * height
     diameters_px = np.sqrt(box_w * box_h)
     spec = LayoutSpec("particles", float(np.median(diameters_px)) * NOMINAL_PIXEL_SIZE_NM,
@@ -75,10 +77,10 @@ def ardagen_case(path: Path, data_dir: Path):
                       number_density_per_nm2=len(boxes) / (micrograph.data.size * NOMINAL_PIXEL_SIZE_NM ** 2),
                       touching_fraction=0.2, clustering=0.3)
     labels = np.zeros(micrograph.shape, np.int32)
-    rows, cols = np.mgrid[:height, :width]
     for index, (_, cx, cy, bw, bh) in enumerate(boxes, start=1):
-        inside = ((cols - cx * width) / (bw * width / 2)) ** 2 + ((rows - cy * height) / (bh * height / 2)) ** 2 <= 1
-        labels[inside & (labels == 0)] = index
+        rr, cc = ellipse(cy * height, cx * width, bh * height / 2, bw * width / 2, shape=labels.shape)
+        free = labels[rr, cc] == 0
+        labels[rr[free], cc[free]] = index
     modality = "bf-stem" if path.stem in BRIGHT_FIELD else "haadf-stem"
     return micrograph, NOMINAL_PIXEL_SIZE_NM, spec, labels, modality
 
@@ -188,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     registry = get_registry()
-    cases = [acstem_case(p, args.data) for p in sorted((args.data / "acstem-dev" / "images").glob("*.tif"))
+    cases = [(acstem_case, p) for p in sorted((args.data / "acstem-dev" / "images").glob("*.tif"))
              [:args.max_images]]
-    cases += [ardagen_case(p, args.data) for p in sorted((args.data / "ardagen-dev" / "images").glob("*.jpg"))
+    cases += [(ardagen_case, p) for p in sorted((args.data / "ardagen-dev" / "images").glob("*.jpg"))
               [:args.max_images]]
     results = []
-    for index, case in enumerate(cases):
-        result = run_case(case, registry, args.seed + index)
+    for index, (make_case, path) in enumerate(cases):
+        result = run_case(make_case(path, args.data), registry, args.seed + index)
         results.append(result)
         print(f"{result['image']:42s} {result['modality']:10s} fitted {result['fitted_vs_real']} "
               f"unfitted {result['unfitted_vs_real']}", flush=True)

@@ -52,11 +52,14 @@ def displace_atoms(clean: np.ndarray, layout: Layout, probability: float, hop_px
     local background in the clean image) is cut out and pasted at the new position."""
     if layout.atoms is None or len(layout.atoms) == 0 or probability <= 0:
         return clean
+    hopping = np.flatnonzero(rng.random(len(layout.atoms)) < probability)
+    if hopping.size == 0:
+        return clean
     out = clean.copy()
     radius_px = max(2, int(math.ceil(2 * layout.atom_radius_nm / layout.pixel_size_nm)))
     keep = np.ones(len(layout.atoms), bool)
     atoms = layout.atoms.copy()
-    for index in np.flatnonzero(rng.random(len(atoms)) < probability):
+    for index in hopping:
         found = _atom_patch(out, *atoms[index], radius_px)
         if found is None:
             continue

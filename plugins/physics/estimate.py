@@ -161,7 +161,9 @@ def fit_spectrum(image: np.ndarray, noise_variance: float, floor_tolerance: floa
         if best is None or solution.cost < best.cost:
             best = solution
     log_amplitude, beta, log_sigma, log_floor = best.x
-    return {"psf_sigma_px": float(math.exp(log_sigma)), "spectrum_beta": float(beta),
+    # at the lower bound the spectrum shows no roll-off: blur below ~0.1 px, or noise removed (JPEG)
+    resolved = bool(log_sigma > lower[2] + 0.2)
+    return {"psf_sigma_px": float(math.exp(log_sigma)), "psf_resolved": resolved, "spectrum_beta": float(beta),
             "noise_floor_du2": float(math.exp(log_floor)), "spectrum_fit_cost": float(best.cost)}
 
 
@@ -218,7 +220,7 @@ def fit_image(image: np.ndarray, name: str, jitter_exponent: float) -> dict:
     return {
         "name": name, "shape": list(image.shape), **noise,
         "counts_per_px": counts,
-        "psf_fwhm_px": spectrum["psf_sigma_px"] * FWHM_PER_SIGMA,
+        "psf_fwhm_px": spectrum["psf_sigma_px"] * FWHM_PER_SIGMA, "psf_resolved": spectrum["psf_resolved"],
         "spectrum_beta": spectrum["spectrum_beta"], "noise_floor_du2": spectrum["noise_floor_du2"],
         "jitter_rms_px": jitter["jitter_rms_px"], "row_step_rms_px": jitter["row_step_rms_px"],
         "column_step_rms_px": jitter["column_step_rms_px"],
