@@ -1,0 +1,163 @@
+"""Per-particle tables (DESIGN §6) and the files every command writes.
+
+:func:`particle_table` turns the instances found in one micrograph into the
+particle table of DESIGN §6, one row per object::
+
+    image, id, x, y, bbox_x0, bbox_y0, bbox_x1, bbox_y1, area_px, eq_diameter_px,
+    [x_nm, y_nm, area_nm2, eq_diameter_nm,]   # only when the pixel size is known
+    eccentricity, circularity, solidity, mean_intensity, touches_edge
+
+``x`` is the column and ``y`` the row of the centroid (pixels); boxes are
+half-open (``bbox_x1`` is one past the last column), as in scikit-image.
+``circularity`` is ``4·pi·area / perimeter²`` (1 for a disk, clipped to 1 for
+the few-pixel objects whose digital perimeter underestimates it).
+
+Points (single atoms) are rows too: their centre is the point itself. When
+the instances also hold a label image, the label ``k + 1`` is taken as the
+disk of point ``k`` and gives the area and shape; a point without a disk has
+NaN area, diameter and shape and the intensity of its pixel.
+
+:func:`write_outputs` writes ``particles.csv``, ``particles.parquet`` and
+``masks/<image>.tif`` atomically (temporary file, then ``os.replace``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .interfaces import Instances, Micrograph
+
+PIXEL_COLUMNS = ("image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px")
+NM_COLUMNS = ("x_nm", "y_nm", "area_nm2", "eq_diameter_nm")
+SHAPE_COLUMNS = ("eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge")
+
+_REGION_PROPERTIES = ("label", "centroid", "bbox", "area", "eccentricity", "perimeter", "solidity",
+                      "intensity_mean")
+
+
+def columns(calibrated: bool) -> list[str]:
+    """The particle-table columns, in order, with or without the nm columns."""
+    return list(PIXEL_COLUMNS) + (list(NM_COLUMNS) if calibrated else []) + list(SHAPE_COLUMNS)
+
+
+def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
+    from skimage.measure import regionprops_table
+
+    if not (labels > 0).any():
+        return pd.DataFrame({key: [] for key in ("id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
+                                                 "area_px", "eccentricity", "circularity", "solidity",
+                                                 "mean_intensity")})
+    props = regionprops_table(labels, intensity_image=intensity, properties=_REGION_PROPERTIES)
+    area = props["area"].astype(float)
+    perimeter = props["perimeter"].astype(float)
+    circularity = np.divide(4 * np.pi * area, perimeter ** 2, out=np.ones_like(area), where=perimeter > 0)
+    return pd.DataFrame({
+        "id": props["label"].astype(np.int64),
+        "x": props["centroid-1"], "y": props["centroid-0"],
+        "bbox_x0": props["bbox-1"], "bbox_y0": props["bbox-0"],
+        "bbox_x1": props["bbox-3"], "bbox_y1": props["bbox-2"],
+        "area_px": area,
+        "eccentricity": props["eccentricity"],
+        "circularity": np.minimum(circularity, 1.0),
+        "solidity": props["solidity"],
+        "mean_intensity": props["intensity_mean"],
+    })
+
+
+def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.ndarray) -> pd.DataFrame:
+    ids = np.arange(1, len(points) + 1, dtype=np.int64)
+    table = pd.DataFrame({"id": ids, "x": points[:, 1], "y": points[:, 0]})
+    regions = _region_table(labels, intensity) if labels is not None else None
+    if regions is not None and len(regions):
+        regions = regions.drop(columns=["x", "y"])
+        table = table.merge(regions, on="id", how="left")
+    height, width = intensity.shape
+    rows = np.clip(np.round(points[:, 0]).astype(int), 0, height - 1)
+    cols = np.clip(np.round(points[:, 1]).astype(int), 0, width - 1)
+    no_disk = table.get("area_px", pd.Series(np.nan, index=table.index)).isna().to_numpy()
+    for key, value in (("bbox_x0", cols), ("bbox_y0", rows), ("bbox_x1", cols + 1), ("bbox_y1", rows + 1)):
+        if key not in table:
+            table[key] = value
+        table.loc[no_disk, key] = value[no_disk]
+    for key in ("area_px", "eccentricity", "circularity", "solidity"):
+        if key not in table:
+            table[key] = np.nan
+    if "mean_intensity" not in table:
+        table["mean_intensity"] = np.nan
+    table.loc[no_disk, "mean_intensity"] = intensity[rows, cols][no_disk]
+    return table
+
+
+def particle_table(instances: Instances, micrograph: Micrograph,
+                   pixel_size_nm: float | None = None) -> pd.DataFrame:
+    """The DESIGN §6 particle table of one micrograph (see the module docstring).
+
+    ``pixel_size_nm`` overrides the micrograph's calibration (e.g. an estimate
+    for an uncalibrated image); without either, the nm columns are left out.
+    """
+    pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
+    labels = instances.labels
+    if labels is not None and labels.shape != micrograph.shape:
+        from .errors import InputError
+        raise InputError(f"{micrograph.name}: label image {labels.shape} does not match the micrograph "
+                         f"{micrograph.shape}")
+    if instances.points is not None:
+        table = _point_table(instances.points, labels, micrograph.data)
+    else:
+        table = _region_table(labels, micrograph.data)
+    height, width = micrograph.shape
+    table["image"] = micrograph.name
+    table["eq_diameter_px"] = np.sqrt(4 * table["area_px"].astype(float) / np.pi)
+    table["touches_edge"] = ((table["bbox_x0"] <= 0) | (table["bbox_y0"] <= 0)
+                             | (table["bbox_x1"] >= width) | (table["bbox_y1"] >= height)).astype(bool)
+    if pixel_size_nm is not None:
+        table["x_nm"] = table["x"] * pixel_size_nm
+        table["y_nm"] = table["y"] * pixel_size_nm
+        table["area_nm2"] = table["area_px"] * pixel_size_nm ** 2
+        table["eq_diameter_nm"] = table["eq_diameter_px"] * pixel_size_nm
+    table = table[columns(pixel_size_nm is not None)].reset_index(drop=True)
+    for key in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
+        table[key] = table[key].astype(np.int64)
+    table["id"] = table["id"].astype(np.int64)
+    return table
+
+
+def mask_file_name(image_name: str) -> str:
+    """``masks/`` file name of an image: unsafe characters become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_.#" else "_" for c in image_name) + ".tif"
+
+
+def write_table(out_dir: Path, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-image tables and write ``particles.csv`` and ``particles.parquet``."""
+    from .rundir import atomic_path
+
+    out_dir = Path(out_dir)
+    non_empty = [table for table in tables if len(table)]
+    table = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=columns(False))
+    with atomic_path(out_dir / "particles.csv") as temporary:
+        table.to_csv(temporary, index=False)
+    with atomic_path(out_dir / "particles.parquet") as temporary:
+        table.to_parquet(temporary, index=False)
+    return table
+
+
+def write_outputs(out_dir: Path, micrographs: Sequence[Micrograph], instances_list: Sequence[Instances],
+                  pixel_sizes_nm: Sequence[float | None] | None = None) -> pd.DataFrame:
+    """Write the tables and ``masks/<image>.tif`` of many micrographs; return the table.
+
+    ``pixel_sizes_nm`` optionally overrides each micrograph's calibration.
+    Points without a label image give an empty (all-zero) mask.
+    """
+    from .rundir import write_tiff
+
+    out_dir = Path(out_dir)
+    pixel_sizes_nm = list(pixel_sizes_nm) if pixel_sizes_nm is not None else [None] * len(micrographs)
+    tables = []
+    for micrograph, instances, pixel_size_nm in zip(micrographs, instances_list, pixel_sizes_nm):
+        tables.append(particle_table(instances, micrograph, pixel_size_nm))
+        labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
+        write_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels.astype(np.int32))
+    return write_table(out_dir, tables)
