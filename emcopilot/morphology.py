@@ -124,3 +124,225 @@ def estimate_pixel_size_nm(micrograph: Micrograph, sample: "Sample | None", brig
     log.warning("%s has no calibration: dominant blob diameter %.1f px -> estimated pixel size %.4g nm/px "
                 "(give --pixel-size-nm to override)", micrograph.name, diameter_px, estimate)
     return float(estimate)
+
+
+# --------------------------------------------------------------------------- the prior
+
+def _pixel_size_of(micrograph: Micrograph, instances: Instances, sample: "Sample | None") -> float:
+    if micrograph.pixel_size_nm is not None:
+        return float(micrograph.pixel_size_nm)
+    estimate = instances.metadata.get("pixel_size_nm_estimate")
+    if estimate is not None:
+        return float(estimate)
+    if sample is None:
+        raise InputError(f"{micrograph.name}: no pixel size (file, --pixel-size-nm or an estimate in the "
+                         "instances' metadata) and no recipe sample to estimate one")
+    return estimate_pixel_size_nm(micrograph, sample)
+
+
+def normalised_outline(mask: np.ndarray, points: int = OUTLINE_POINTS) -> np.ndarray | None:
+    """The outer contour of a binary object, centred and scaled to unit equivalent diameter.
+
+    Returns ``points`` (row, col) vertices, or ``None`` for objects too small
+    to have a contour.
+    """
+    from skimage.measure import find_contours
+
+    padded = np.pad(np.asarray(mask, bool), 1)
+    area = float(padded.sum())
+    if area < 5:
+        return None
+    contours = find_contours(padded.astype(np.float32), 0.5)
+    if not contours:
+        return None
+    contour = max(contours, key=len)
+    # resample evenly along the perimeter
+    steps = np.linalg.norm(np.diff(contour, axis=0), axis=1)
+    position = np.concatenate([[0.0], np.cumsum(steps)])
+    if position[-1] <= 0:
+        return None
+    targets = np.linspace(0, position[-1], points, endpoint=False)
+    resampled = np.stack([np.interp(targets, position, contour[:, k]) for k in (0, 1)], axis=1)
+    centred = resampled - resampled.mean(axis=0)
+    return centred / math.sqrt(4 * area / math.pi)
+
+
+@dataclass
+class MorphologyPrior:
+    """Fitted description of the objects of a set of micrographs (physical units).
+
+    Sizes are equivalent diameters (disk of equal area), lognormal: median
+    ``diameter_nm_median`` and ``diameter_sigma_log`` = std of ln d.
+    ``aspect_ratio`` is major/minor axis of the fitted ellipse; ``circularity``
+    is 4·pi·area/perimeter²; ``contrast`` is (object mean / mean of the
+    background of its image) - 1, in the micrograph's own intensity units;
+    ``touching_fraction`` is the share of objects sharing a border with
+    another. ``outlines`` are example contours (row, col), centred, unit
+    equivalent diameter.
+    """
+
+    kind: str
+    count: int
+    images: int
+    diameter_nm_median: float
+    diameter_sigma_log: float
+    number_density_per_nm2: float
+    aspect_ratio_mean: float = 1.15
+    aspect_ratio_sd: float = 0.1
+    circularity_mean: float = 0.9
+    circularity_sd: float = 0.05
+    solidity_mean: float = 0.95
+    contrast_mean: float = 0.0
+    contrast_sd: float = 0.0
+    touching_fraction: float = 0.0
+    material_z: int = 78
+    support_z: int = 6
+    atom_min_separation_nm: float = 0.2
+    pixel_sizes_nm: list[float] = field(default_factory=list)
+    outlines: list[list[list[float]]] = field(default_factory=list)
+
+    # ----------------------------------------------------------------- fitting
+
+    @classmethod
+    def fit(cls, instances_list: Sequence[Instances], micrographs: Sequence[Micrograph],
+            sample: "Sample | None" = None, rng: np.random.Generator | None = None) -> "MorphologyPrior":
+        """Fit the distributions to the objects found in ``micrographs``.
+
+        Label images give sizes and shapes; points without labels count
+        towards the density only. With no object at all the sizes fall back
+        to the sample's ``diameter_nm`` (a warning is logged); without a
+        sample that is an :class:`InputError`.
+        """
+        from skimage.measure import regionprops
+
+        if len(instances_list) != len(micrographs):
+            raise InputError(f"MorphologyPrior.fit: {len(instances_list)} instances for "
+                             f"{len(micrographs)} micrographs")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        diameters, aspects, circularities, solidities, contrasts, outlines = [], [], [], [], [], []
+        touching, objects, area_nm2, pixel_sizes, separations = 0, 0, 0.0, [], []
+        for instances, micrograph in zip(instances_list, micrographs):
+            pixel_size_nm = _pixel_size_of(micrograph, instances, sample)
+            pixel_sizes.append(pixel_size_nm)
+            area_nm2 += micrograph.data.size * pixel_size_nm ** 2
+            if instances.points is not None and len(instances.points) > 1:
+                from scipy.spatial import cKDTree
+                distances, _ = cKDTree(instances.points).query(instances.points, k=2)
+                separations.append(float(np.percentile(distances[:, 1], 5)) * pixel_size_nm)
+            labels = instances.labels
+            if labels is None or not (labels > 0).any():
+                objects += len(instances.points) if instances.points is not None else 0
+                continue
+            background = micrograph.data[labels == 0]
+            background_mean = float(background.mean()) if background.size else float("nan")
+            neighbours = _touching_ids(labels)
+            for region in regionprops(labels, intensity_image=micrograph.data):
+                objects += 1
+                diameters.append(region.equivalent_diameter_area * pixel_size_nm)
+                minor = max(region.axis_minor_length, 1e-6)
+                aspects.append(max(1.0, region.axis_major_length / minor))
+                perimeter = region.perimeter
+                circularities.append(min(1.0, 4 * math.pi * region.area / perimeter ** 2) if perimeter > 0 else 1.0)
+                solidities.append(region.solidity)
+                if background_mean and np.isfinite(background_mean):
+                    contrasts.append(float(region.intensity_mean) / background_mean - 1.0)
+                touching += region.label in neighbours
+                if len(outlines) < 4 * OUTLINE_BANK_SIZE and region.area >= 20:
+                    outline = normalised_outline(region.image)
+                    if outline is not None:
+                        outlines.append(outline)
+        return cls._from_measurements(sample, objects, len(micrographs), area_nm2, pixel_sizes,
+                                      np.asarray(diameters), aspects, circularities, solidities, contrasts,
+                                      touching, outlines, separations, rng)
+
+    @classmethod
+    def _from_measurements(cls, sample, objects, images, area_nm2, pixel_sizes, diameters, aspects,
+                           circularities, solidities, contrasts, touching, outlines, separations, rng):
+        kind = sample.kind if sample is not None else "particles"
+        if len(diameters) >= 2:
+            logs = np.log(diameters[diameters > 0])
+            median, sigma = float(np.exp(logs.mean())), float(logs.std())
+        elif sample is not None:
+            log.warning("no object outlines to fit: sizes fall back to the recipe's diameter_nm %s",
+                        list(sample.diameter_nm))
+            low, high = (float(v) for v in sample.diameter_nm)
+            median, sigma = math.sqrt(low * high), math.log(high / low) / (2 * 1.96)
+        else:
+            raise InputError("MorphologyPrior.fit found fewer than two objects and has no recipe sample "
+                             "to fall back on")
+        if len(outlines) > OUTLINE_BANK_SIZE:
+            outlines = [outlines[i] for i in sorted(rng.choice(len(outlines), OUTLINE_BANK_SIZE, replace=False))]
+
+        def mean_sd(values, default_mean, default_sd):
+            values = np.asarray(values, float)
+            return (float(values.mean()), float(values.std())) if len(values) else (default_mean, default_sd)
+
+        aspect_mean, aspect_sd = mean_sd(aspects, 1.15, 0.1)
+        circularity_mean, circularity_sd = mean_sd(circularities, 0.9, 0.05)
+        contrast_mean, contrast_sd = mean_sd(contrasts, 0.0, 0.0)
+        return cls(kind=kind, count=int(objects), images=int(images), diameter_nm_median=median,
+                   diameter_sigma_log=sigma, number_density_per_nm2=objects / area_nm2 if area_nm2 else 0.0,
+                   aspect_ratio_mean=aspect_mean, aspect_ratio_sd=aspect_sd,
+                   circularity_mean=circularity_mean, circularity_sd=circularity_sd,
+                   solidity_mean=float(np.mean(solidities)) if solidities else 0.95,
+                   contrast_mean=contrast_mean, contrast_sd=contrast_sd,
+                   touching_fraction=touching / len(diameters) if len(diameters) else 0.0,
+                   material_z=int(sample.material_z) if sample is not None else 78,
+                   support_z=int(sample.support_z) if sample is not None else 6,
+                   atom_min_separation_nm=float(np.median(separations)) if separations else 0.2,
+                   pixel_sizes_nm=[float(p) for p in pixel_sizes],
+                   outlines=[np.round(o, 4).tolist() for o in outlines])
+
+    # ----------------------------------------------------------------- JSON
+
+    def to_json(self) -> str:
+        return json.dumps({"format": PRIOR_FORMAT, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MorphologyPrior":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"prior.json is not valid JSON: {error}") from None
+        if not isinstance(data, dict) or data.pop("format", None) != PRIOR_FORMAT:
+            raise InputError(f"prior.json is not a {PRIOR_FORMAT} document")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"prior.json has unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    # ----------------------------------------------------------------- sampling
+
+    def layout_spec(self, sample: "Sample | None" = None) -> "LayoutSpec":
+        """The :class:`emcopilot.layout.LayoutSpec` these distributions describe.
+
+        ``sample`` (optional) supplies the atomic numbers when given.
+        """
+        from .layout import LayoutSpec
+
+        irregularity = float(np.clip(1.0 - self.solidity_mean, 0.0, 0.5) * 2)
+        return LayoutSpec(
+            kind=self.kind, diameter_nm_median=self.diameter_nm_median,
+            diameter_sigma_log=self.diameter_sigma_log, number_density_per_nm2=self.number_density_per_nm2,
+            aspect_ratio_mean=max(1.0, self.aspect_ratio_mean), aspect_ratio_sd=self.aspect_ratio_sd,
+            irregularity=irregularity, touching_fraction=float(np.clip(self.touching_fraction, 0.0, 1.0)),
+            outlines=[np.asarray(o, float) for o in self.outlines] or None,
+            material_z=int(sample.material_z) if sample is not None else self.material_z,
+            support_z=int(sample.support_z) if sample is not None else self.support_z,
+            atom_min_separation_nm=self.atom_min_separation_nm)
+
+    def sample(self, shape: tuple[int, int], pixel_size_nm: float, rng: np.random.Generator) -> "Layout":
+        """Draw a new layout (label map and per-object attributes) from this prior."""
+        from .layout import sample_layout
+        return sample_layout(self.layout_spec(), shape, pixel_size_nm, rng)
+
+
+def _touching_ids(labels: np.ndarray) -> set[int]:
+    """Ids of objects that share a (4-connected) border with a different object."""
+    found: set[int] = set()
+    for a, b in ((labels[1:, :], labels[:-1, :]), (labels[:, 1:], labels[:, :-1])):
+        touching = (a > 0) & (b > 0) & (a != b)
+        found.update(np.unique(a[touching]).tolist())
+        found.update(np.unique(b[touching]).tolist())
+    return found

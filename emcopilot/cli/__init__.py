@@ -15,7 +15,7 @@ import sys
 from .. import __version__
 from ..errors import EmcopilotError
 
-COMMANDS = ("plugins", "recipes", "validate", "run", "segment", "evaluate", "demo")
+COMMANDS = ("plugins", "recipes", "validate", "extract", "run", "segment", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
