@@ -57,6 +57,29 @@ ATOMS_PARAMS = {
                                  help="atoms closer than this form one cluster; default: 2 x min_separation_nm"),
 }
 
+SAM_PARAMS = {
+    "checkpoint": Param(None, str, help="path to a SAM vit_b/l/h .pth or .safetensors; "
+                                        "default: $EMCOPILOT_SAM_CHECKPOINT"),
+    "device": Param("auto", str, help="auto (CUDA when available), cpu or cuda[:N]"),
+    "contrast": _CONTRAST,
+    "min_diameter_nm": _MIN_DIAMETER,
+    "max_diameter_nm": _MAX_DIAMETER,
+    "object_px_in_model": Param(48.0, float, min=8.0, max=512.0, unit="px",
+                                help="tiles are cut so that a typical object spans this many SAM input pixels"),
+    "points_per_side": Param(32, int, min=1, max=128, help="automatic mask generation: prompt grid per tile side"),
+    "points_per_batch": Param(64, int, min=1, max=4096),
+    "pred_iou_thresh": Param(0.8, float, min=0.0, max=1.0, help="SAM's predicted-IoU threshold"),
+    "stability_score_thresh": Param(0.9, float, min=0.0, max=1.0, help="SAM's stability-score threshold"),
+    "min_contrast_snr": Param(1.0, float, min=0.0,
+                              help="object mean minus the mean of a ring around it, in units of background noise"),
+    "min_solidity": Param(0.75, float, min=0.0, max=1.0, help="masks less convex than this are dropped"),
+    "max_area_fraction": Param(0.25, float, min=0.0, max=1.0,
+                               help="a mask larger than this fraction of the image is support, not an object"),
+    "recover_missed": Param(True, bool, help="prompt SAM with points at blobs that no mask covers"),
+    "recovery_snr": Param(4.0, float, min=0.0, help="blob peaks above this many noise units are recovery prompts"),
+    "max_recovery_prompts": Param(500, int, min=0, max=100_000, help="at most this many recovery prompts per image"),
+}
+
 
 def make_classical(params, sample):
     from .classical import ClassicalExtractor
@@ -68,8 +91,16 @@ def make_atoms(params, sample):
     return AtomExtractor(params, sample)
 
 
+def make_sam(params, sample):
+    from .sam import SamExtractor
+    return SamExtractor(params, sample)
+
+
 @hookimpl
 def register_prior_extractors(register):
+    register("sam", make_sam, params=SAM_PARAMS,
+             description="Segment Anything automatic masks on object-sized tiles, EM false-positive filters, "
+                         "point-prompt recovery of missed blobs (needs a checkpoint file)")
     register("atoms", make_atoms, params=ATOMS_PARAMS,
              description="single atoms and sub-nm clusters: difference-of-Gaussians peaks above the local noise")
     register("classical", make_classical, params=CLASSICAL_PARAMS,
