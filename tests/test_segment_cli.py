@@ -73,3 +73,23 @@ def test_segment_refuses_pickled_or_foreign_models(model_dir, tmp_path, capsys):
     (model_dir / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert main(["segment", "--model", str(model_dir), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "does not name a segmenter" in capsys.readouterr().err
+
+
+def test_classical_segmenter_is_the_classical_extractor(tmp_path):
+    registry = get_registry()
+    if "classical" not in registry.components["prior_extractor"]:
+        pytest.skip("the classical prior extractor is not installed")
+    from emcopilot import Micrograph
+    from emcopilot.cli.segment import load_model
+
+    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    segmenter = registry.get("segmenter", "classical").create({}, sample)
+    image, labels = _disks(size=96)
+    assert segmenter.fit([image], [Instances(labels=labels)], None, budget=TrainBudget(steps=1)) == {}
+    micrograph = Micrograph(image, pixel_size_nm=0.1)
+    expected = registry.get("prior_extractor", "classical").create({}, sample).extract(micrograph)
+    found = segmenter.predict(micrograph)
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    segmenter.save(tmp_path / "model")
+    rebuilt = load_model(tmp_path / "model")
+    np.testing.assert_array_equal(rebuilt.predict(micrograph).labels, expected.labels)

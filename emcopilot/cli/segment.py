@@ -66,7 +66,7 @@ def segment_micrographs(segmenter: Any, micrographs: list, out: Path, progress: 
     from tqdm import tqdm
 
     from ..errors import EmcopilotError
-    from ..measure import particle_table
+    from ..measure import mask_file_name, particle_table
     from ..rundir import write_tiff
 
     tables, errors, timings = [], [], {}
@@ -78,8 +78,7 @@ def segment_micrographs(segmenter: Any, micrographs: list, out: Path, progress: 
             errors.append((micrograph.name, str(error)))
             continue
         labels = instances.labels if instances.labels is not None else _empty_labels(micrograph)
-        safe = "".join(c if c.isalnum() or c in "-_.#" else "_" for c in micrograph.name)
-        write_tiff(out / "masks" / f"{safe}.tif", labels.astype("int32"))
+        write_tiff(out / "masks" / mask_file_name(micrograph.name), labels.astype("int32"))
         tables.append(particle_table(instances, micrograph))
         timings[micrograph.name] = time.perf_counter() - started
     return tables, errors, timings
@@ -91,11 +90,10 @@ def _empty_labels(micrograph):
 
 
 def run(args) -> int:
-    import pandas as pd
-
     from ..errors import InputError
     from ..io import expand_inputs, read_micrographs
-    from ..rundir import atomic_path, environment, sha256_file, write_json
+    from ..measure import write_table
+    from ..rundir import environment, sha256_file, write_json
 
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
         raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
@@ -108,11 +106,7 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tables, errors, timings = segment_micrographs(segmenter, micrographs, args.out, not args.no_progress)
     errors = [(str(path), message) for path, message in read_errors] + errors
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    with atomic_path(args.out / "particles.csv") as temporary:
-        table.to_csv(temporary, index=False)
-    with atomic_path(args.out / "particles.parquet") as temporary:
-        table.to_parquet(temporary, index=False)
+    table = write_table(args.out, tables)
     megapixels = sum(m.data.size for m in micrographs if m.name in timings) / 1e6
     seconds = sum(timings.values())
     write_json(args.out / "run.json", {
