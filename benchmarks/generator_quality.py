@@ -46,7 +46,8 @@ BRIGHT_FIELD = ("PtC1", "PtCo1", "PtCo3", "Pt_carbon1")
 MATERIAL_Z = {"Cu": 29, "Pd": 46, "Pt": 78, "Ru": 44}
 #: Mean atomic number of the supports (SiO2: (14 + 2*8)/3 = 10; amorphous carbon: 6).
 SUPPORT_Z = {"silica": 10, "carbon": 6}
-#: Nominal median particle diameter: the set's particles are 1.6-9.7 nm (Genc et al. 2025).
+#: The set's particles are 1.6-9.7 nm (Genc et al. 2025); a nominal 4 nm median sets the working pixel size.
+DIAMETER_RANGE_NM = (1.6, 9.7)
 NOMINAL_DIAMETER_NM = 4.0
 #: The budget of the built-in recipes' CPU ``fast`` profile, used when the recipe cannot be loaded.
 FALLBACK_PROFILE = {"generator_steps": 300, "batch_size": 8, "crop_px": 128}
@@ -124,21 +125,23 @@ def stand_in_masks(image: np.ndarray, diameter_px: float) -> np.ndarray:
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
-def prior_masks(images: list[dict], diameter_px: float) -> str:
+def prior_masks(images: list[dict], diameter_px: float, pixel_size_nm: float) -> str:
     """Fill each image's ``labels``; return which extractor made them."""
     from emcopilot.errors import PluginError
     from emcopilot.interfaces import Micrograph
     from emcopilot.plugins import get_registry
 
     try:
-        extractor = get_registry().get("prior_extractor", "classical").create({})
+        extractor = get_registry().get("prior_extractor", "classical").create(
+            {"min_diameter_nm": DIAMETER_RANGE_NM[0], "max_diameter_nm": DIAMETER_RANGE_NM[1]})
     except PluginError:
         extractor = None
     for image in images:
         if extractor is None:
             image["labels"] = stand_in_masks(image["data"], diameter_px)
         else:
-            image["labels"] = extractor.extract(Micrograph(image["data"], name=image["name"])).labels
+            micrograph = Micrograph(image["data"], pixel_size_nm=pixel_size_nm, name=image["name"])
+            image["labels"] = extractor.extract(micrograph).labels
     return "classical" if extractor is not None else "stand-in (top-hat + Otsu + label)"
 
 
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
     from emcopilot.plugins import get_registry
     from emcopilot.recipe import load_recipe
     from emcopilot_plugins.metrics.image import LPIPS, PSNR, SSIM, RealismGap
-    from emcopilot.errors import CheckpointError, RecipeError
+    from emcopilot.errors import CheckpointError, InputError, RecipeError
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -220,9 +223,11 @@ def main(argv=None) -> int:
     test_rows = crop_px  # at least one test crop; pix2pix needs 2 crops of rows to train and validate
     images = load_images(folder, args.diameter_px, int(np.ceil(max(3 * crop_px, test_rows / args.test_fraction))),
                          crop_px, skipped)
-    masks_from = prior_masks(images, args.diameter_px)
+    masks_from = prior_masks(images, args.diameter_px, pixel_size_nm)
     crops = split(images, args.test_fraction, crop_px, args.test_crops_per_image, rng)
     timings["data_s"] = time.perf_counter() - started
+    print(f"data: {len(images)} images, {len(crops)} test crops, masks from {masks_from} "
+          f"({timings['data_s']:.0f} s)", file=sys.stderr)
     reals = [crop["real"] for crop in crops]
     train_labels = [image["labels"][:image["train_rows"]] for image in images]
     train_images = [Micrograph(image["data"][:image["train_rows"]], name=image["name"]) for image in images]
@@ -244,6 +249,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="generator_quality_"))
     history = pix2pix.fit(train_labels, train_images, workdir, budget=budget)
     timings["pix2pix_fit_s"] = time.perf_counter() - tick
+    print(f"pix2pix: {budget.steps} steps in {timings['pix2pix_fit_s']:.0f} s", file=sys.stderr)
     second = "lpips" if "lpips" in history["best"] else "realism-gap"
     rendered = {}
     for selection in ("ssim", second):
@@ -271,10 +277,15 @@ def main(argv=None) -> int:
             score(f"(b) pix2pix, selected by {second} (step {history['best'][second]['step']})",
                   rendered[second], reals, metrics)]
     for label, selection in (("(a+adapter)", "ssim"), ("(b+adapter)", second)):
-        noisy = [learned_adapter.apply(image, pixel_size_nm, np.random.default_rng(args.seed + index))
-                 for index, image in enumerate(rendered[selection])]
+        noisy, refused = [], 0
+        for index, image in enumerate(rendered[selection]):
+            try:
+                noisy.append(learned_adapter.apply(image, pixel_size_nm, np.random.default_rng(args.seed + index)))
+            except InputError:  # e.g. a vacuum crop rendered below the fitted detector offset
+                noisy.append(image)
+                refused += 1
         rows.append(score(f"{label} pix2pix selected by {selection} + fitted haadf-stem adapter", noisy, reals,
-                          metrics))
+                          metrics) | {"adapter_refused_crops": refused})
     rows.append(score("(c) physical + fitted haadf-stem adapter", physical_images, reals, metrics))
     half_a, half_b = reals[0::2], reals[1::2]
     count = min(len(half_a), len(half_b))
@@ -295,7 +306,8 @@ def main(argv=None) -> int:
                                                 ("steps", "batch_size", "crop_px", "seed", "device")},
                     "steps_per_second": history["steps_per_second"], "device": history["device"],
                     "best": history["best"], "validation": history["validation"],
-                    "loss_l1_first_last": [history["loss_l1"][0], history["loss_l1"][-1]]},
+                    "loss_l1_mean_first_last_20_steps": [float(np.mean(history["loss_l1"][:20])),
+                                                         float(np.mean(history["loss_l1"][-20:]))]},
         "physical_fit": physical_fit,
         "results": rows, "timings_s": timings, "threads": args.threads,
         "torch": torch.__version__, "python": platform.python_version(),
