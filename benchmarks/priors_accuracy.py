@@ -65,7 +65,7 @@ def image_pairs(data: Path, which: str):
             yield image, folder / "labels" / f"{image.stem}.txt"
 
 
-def evaluate(data: Path, which: str, extractor_name: str | None, params: dict) -> dict:
+def evaluate(data: Path, which: str, extractor_name: str | None, params: dict, oracle_scale: bool = False) -> dict:
     from emcopilot.evaluate import Objects, match, read_points_truth, read_yolo_truth
     from emcopilot.io import read_micrograph
     from emcopilot.measure import particle_table
@@ -80,6 +80,10 @@ def evaluate(data: Path, which: str, extractor_name: str | None, params: dict) -
     seconds, megapixels, diameter_errors, estimate_ratios = 0.0, 0.0, [], []
     for image_path, label_path in image_pairs(data, which):
         micrograph = read_micrograph(image_path)[0]
+        if oracle_scale and which != "acstem":  # diagnostic: the scale the human boxes imply
+            boxes = read_yolo_truth(label_path, micrograph.shape)
+            box_px = np.median(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            micrograph.pixel_size_nm = float(np.sqrt(np.prod(recipe.sample.diameter_nm)) / box_px)
         started = time.perf_counter()
         instances = extractor.extract(micrograph)
         elapsed = time.perf_counter() - started
@@ -117,7 +121,7 @@ def evaluate(data: Path, which: str, extractor_name: str | None, params: dict) -
         print(f"  {micrograph.name:40s} P {row['precision']:.2f} R {row['recall']:.2f} F1 {row['f1']:.2f}"
               f" ({row['n_pred']} pred / {row['n_true']} true, {elapsed:.2f} s)", file=sys.stderr)
     pooled = scores(totals["tp"], totals["n_pred"], totals["n_true"])
-    result = {"set": which, "recipe": recipe_name, "extractor": extractor_name, "params": extractor.params,
+    result = {"set": which, "oracle_scale": oracle_scale, "recipe": recipe_name, "extractor": extractor_name, "params": extractor.params,
               "pooled": pooled, "mean_f1_per_image": float(np.mean([r["f1"] for r in per_image])),
               "seconds_per_megapixel": seconds / megapixels,
               "seconds_per_1024px_image": seconds / megapixels * 1024 * 1024 / 1e6,
@@ -138,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extractor", default=None, help="prior extractor name (default: per set)")
     parser.add_argument("--params", default="{}", help="extractor params as JSON")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--oracle-scale", action="store_true",
+                        help="diagnostic: set each image's pixel size from the median human box instead of "
+                             "estimating it (separates scale-estimate errors from segmentation errors)")
     args = parser.parse_args(argv)
-    result = evaluate(args.data, args.set, args.extractor, json.loads(args.params))
+    result = evaluate(args.data, args.set, args.extractor, json.loads(args.params), args.oracle_scale)
     pooled = result["pooled"]
     line = (f"{args.set} {result['extractor']}: P {pooled['precision']:.3f} R {pooled['recall']:.3f} "
             f"F1 {pooled['f1']:.3f}")

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 SCALE_SPACE_MAX_SIDE_PX = 1024
 #: Scale-normalised LoG maxima kept when estimating the dominant blob size.
 STRONGEST_BLOBS = 30
+#: Blob maxima must exceed this many times the scale space's response to the pixel noise.
+NOISE_FLOOR = 5.0
+#: ... of which those at least this fraction of the third strongest response.
+COMPARABLE_RESPONSE = 0.4
 #: The LoG of a disk of radius r peaks at sigma = r / sqrt(2) (Lindeberg 1998,
 #: Int. J. Comput. Vision 30:79), i.e. diameter 2·sqrt(2)·sigma. On
 #: annotated STEM particles this over-estimates the boxed size by ~1.25
@@ -79,7 +83,8 @@ def dominant_diameter_px(image: np.ndarray, bright: bool = True) -> float:
     Builds a scale-normalised Laplacian-of-Gaussian scale space (sigma from
     1.2 px to 1/24 of the short side), keeps its 3-D local maxima (space and
     scale; maxima at the two end scales are dropped), and returns the median
-    diameter of the :data:`STRONGEST_BLOBS` strongest, as
+    diameter of the :data:`STRONGEST_BLOBS` strongest (those with at least
+    :data:`COMPARABLE_RESPONSE` of the third-strongest response), as
     ``2·sqrt(2)·sigma·LOG_DIAMETER_CORRECTION``. Large images are block-averaged
     to at most :data:`SCALE_SPACE_MAX_SIDE_PX` first.
     """
@@ -97,12 +102,21 @@ def dominant_diameter_px(image: np.ndarray, bright: bool = True) -> float:
     sigmas = np.geomspace(1.2, largest, 16)
     sign = -1.0 if bright else 1.0
     stack = np.stack([sign * ndimage.gaussian_laplace(small, s) * s * s for s in sigmas])
-    peaks = (stack == ndimage.maximum_filter(stack, size=(3, 5, 5))) & (stack > 0)
+    # significance: above NOISE_FLOOR x the response of white pixel noise at each scale
+    pixel_noise = 1.4826 * np.median(np.abs(np.diff(small, axis=1))) / math.sqrt(2)
+    white = np.random.default_rng(0).standard_normal((128, 128))
+    unit = np.array([ndimage.gaussian_laplace(white, s)[16:-16, 16:-16].std() * s * s for s in sigmas])
+    floor = (NOISE_FLOOR * pixel_noise * unit)[:, None, None]
+    peaks = (stack == ndimage.maximum_filter(stack, size=(3, 5, 5))) & (stack > floor)
     peaks[0] = peaks[-1] = False
     scale_index = np.nonzero(peaks)[0]
     if len(scale_index) == 0:
         raise InputError("no blob of the expected polarity was found to estimate the scale")
-    strongest = np.argsort(stack[peaks])[::-1][:STRONGEST_BLOBS]
+    responses = stack[peaks]
+    strongest = np.argsort(responses)[::-1][:STRONGEST_BLOBS]
+    # in sparse images, weak (noise) maxima fill the list: keep those comparable to the strongest
+    reference = responses[strongest[min(2, len(strongest) - 1)]]
+    strongest = strongest[responses[strongest] >= COMPARABLE_RESPONSE * reference]
     diameters = 2 * math.sqrt(2) * sigmas[scale_index[strongest]] * factor
     return float(np.exp(np.median(np.log(diameters))) * LOG_DIAMETER_CORRECTION)
 

@@ -108,7 +108,7 @@ class ClassicalExtractor:
                                         max_diameter_px=max_px, min_snr=params["min_contrast_snr"],
                                         min_solidity=params["min_solidity"],
                                         max_area_fraction=params["max_area_fraction"], name=micrograph.name)
-        warning = polarity_warning(smooth, side, self.bright, micrograph.name)
+        warning = polarity_warning(work, typical_px, self.bright, micrograph.name)
         labels = expand_labels_to(labels, factor, micrograph.shape)
         metadata = {**scale.metadata(), "extractor": "classical", "reduction_factor": factor,
                     "threshold_over_noise": threshold / noise, **report}
