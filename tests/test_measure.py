@@ -1,0 +1,93 @@
+"""The DESIGN §6 particle table and the files written from it."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emcopilot import Instances, Micrograph
+from emcopilot.errors import InputError
+from emcopilot.measure import columns, mask_file_name, particle_table, write_outputs
+
+
+def two_objects():
+    labels = np.zeros((40, 60), np.int32)
+    rows, cols = np.mgrid[:40, :60]
+    labels[((rows - 20) ** 2 + (cols - 20) ** 2) <= 8 ** 2] = 1   # disk r=8 at (20, 20)
+    labels[0:6, 50:60] = 2                                        # rectangle on the top edge
+    image = np.where(labels == 1, 5.0, np.where(labels == 2, 3.0, 1.0)).astype(np.float32)
+    return labels, image
+
+
+def test_columns_in_contract_order_with_and_without_calibration():
+    labels, image = two_objects()
+    calibrated = particle_table(Instances(labels=labels), Micrograph(image, pixel_size_nm=0.5, name="a.tif"))
+    assert list(calibrated.columns) == columns(True) == [
+        "image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px",
+        "x_nm", "y_nm", "area_nm2", "eq_diameter_nm",
+        "eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge"]
+    plain = particle_table(Instances(labels=labels), Micrograph(image, name="a.png"))
+    assert list(plain.columns) == columns(False) and "x_nm" not in plain
+
+
+def test_values_of_a_disk_and_an_edge_rectangle():
+    labels, image = two_objects()
+    table = particle_table(Instances(labels=labels), Micrograph(image, pixel_size_nm=0.5, name="a.tif"))
+    disk, rect = table.iloc[0], table.iloc[1]
+    assert (disk["x"], disk["y"]) == pytest.approx((20, 20))
+    assert (disk["bbox_x0"], disk["bbox_y0"], disk["bbox_x1"], disk["bbox_y1"]) == (12, 12, 29, 29)
+    assert disk["eq_diameter_px"] == pytest.approx(16, rel=0.03)
+    assert disk["eq_diameter_nm"] == pytest.approx(disk["eq_diameter_px"] * 0.5)
+    assert disk["area_nm2"] == pytest.approx(disk["area_px"] * 0.25)
+    assert disk["circularity"] > 0.85 and disk["solidity"] > 0.9 and disk["eccentricity"] < 0.2
+    assert disk["mean_intensity"] == 5.0 and not disk["touches_edge"]
+    assert rect["area_px"] == 60 and rect["mean_intensity"] == 3.0 and rect["touches_edge"]
+    assert rect["eccentricity"] > 0.5
+    assert (table["image"] == "a.tif").all() and list(table["id"]) == [1, 2]
+
+
+def test_points_are_rows_with_their_disks_or_nan():
+    image = np.ones((30, 30), np.float32)
+    image[10, 12] = 9.0
+    points = np.array([[10.2, 12.4], [25.0, 3.0]])
+    labels = np.zeros((30, 30), np.int32)
+    labels[9:12, 11:14] = 1                 # disk of point 0 only
+    table = particle_table(Instances(labels=labels, points=points), Micrograph(image, pixel_size_nm=0.03))
+    assert len(table) == 2
+    assert (table.loc[0, "x"], table.loc[0, "y"]) == (12.4, 10.2)  # the point itself, x = column
+    assert table.loc[0, "area_px"] == 9
+    assert np.isnan(table.loc[1, "area_px"]) and np.isnan(table.loc[1, "eq_diameter_nm"])
+    assert table.loc[1, "mean_intensity"] == 1.0 and table.loc[1, "bbox_x0"] == 3
+    only_points = particle_table(Instances(points=points), Micrograph(image))
+    assert len(only_points) == 2 and only_points["area_px"].isna().all()
+
+
+def test_empty_instances_give_an_empty_table_with_the_columns():
+    table = particle_table(Instances(labels=np.zeros((8, 8), np.int32)), Micrograph(np.zeros((8, 8)), 0.1))
+    assert len(table) == 0 and list(table.columns) == columns(True)
+
+
+def test_override_pixel_size_and_shape_mismatch():
+    labels, image = two_objects()
+    table = particle_table(Instances(labels=labels), Micrograph(image), pixel_size_nm=2.0)
+    assert table.loc[0, "x_nm"] == pytest.approx(40)
+    with pytest.raises(InputError, match="does not match"):
+        particle_table(Instances(labels=labels[:10]), Micrograph(image))
+
+
+def test_write_outputs_atomically(tmp_path):
+    import tifffile
+
+    labels, image = two_objects()
+    micrographs = [Micrograph(image, pixel_size_nm=0.5, name="a b.tif"),
+                   Micrograph(image, name="c.png")]
+    instances = [Instances(labels=labels), Instances(points=np.array([[3.0, 4.0]]))]
+    table = write_outputs(tmp_path, micrographs, instances)
+    assert len(table) == 3
+    read = pd.read_csv(tmp_path / "particles.csv")
+    assert list(read["image"]) == ["a b.tif", "a b.tif", "c.png"]
+    assert pd.read_parquet(tmp_path / "particles.parquet").shape == table.shape
+    mask = tifffile.imread(tmp_path / "masks" / mask_file_name("a b.tif"))
+    assert mask_file_name("a b.tif") == "a_b.tif.tif" and (mask == labels).all()
+    assert not tifffile.imread(tmp_path / "masks" / "c.png.tif").any()
+    assert not [p for p in tmp_path.rglob("*.part")]
