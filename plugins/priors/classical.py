@@ -13,11 +13,14 @@ For one micrograph:
    ``background_size_factor`` x the typical diameter), which removes the
    support's slower contrast;
 5. threshold: Otsu on the top-hat, but never below ``min_snr`` times the
-   background noise (median absolute deviation of the top-hat);
+   background noise (median absolute deviation of the top-hat); objects then
+   grow down to ``grow_fraction`` of that threshold (hysteresis), so their
+   outlines are not cut at the Otsu level;
 6. splitting: markers at the local maxima of the distance transform at least
    ``split_fraction`` x the typical diameter apart, then a watershed;
 7. filtering (:mod:`.filtering`): equivalent diameter within the recipe's
-   range, contrast against the local background, solidity; masks covering
+   range, contrast against a ring of local background (``min_contrast_snr``),
+   solidity; masks covering
    most of the image (the support) are dropped and reported.
 """
 from __future__ import annotations
