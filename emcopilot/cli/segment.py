@@ -24,6 +24,9 @@ def add_parser(subparsers):
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: the model's setting)")
+    parser.add_argument("--workers", type=int, help="run on a local Dask cluster of N worker processes")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run on an existing dask.distributed cluster (e.g. tcp://host:8786)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -61,67 +64,54 @@ def load_model(model_dir: Path, device: str | None = None) -> Any:
     return segmenter
 
 
-def segment_micrographs(segmenter: Any, micrographs: list, out: Path, progress: bool = True):
-    """Predict, measure and write masks; returns ``(tables, errors, seconds per image)``."""
-    from tqdm import tqdm
-
-    from ..errors import EmcopilotError
-    from ..measure import mask_file_name, particle_table
-    from ..rundir import write_tiff
-
-    tables, errors, timings = [], [], {}
-    for micrograph in tqdm(micrographs, desc="segment", disable=not progress, leave=False):
-        started = time.perf_counter()
-        try:
-            instances = segmenter.predict(micrograph)
-        except EmcopilotError as error:
-            errors.append((micrograph.name, str(error)))
-            continue
-        labels = instances.labels if instances.labels is not None else _empty_labels(micrograph)
-        write_tiff(out / "masks" / mask_file_name(micrograph.name), labels.astype("int32"))
-        tables.append(particle_table(instances, micrograph))
-        timings[micrograph.name] = time.perf_counter() - started
-    return tables, errors, timings
-
-
-def _empty_labels(micrograph):
-    import numpy as np
-    return np.zeros(micrograph.shape, np.int32)
-
-
 def run(args) -> int:
+    from ..batch import cached_model, merge_parts, run_batch
     from ..errors import InputError
-    from ..io import expand_inputs, read_micrographs
-    from ..measure import write_table
+    from ..io import expand_inputs
+    from ..loop import write_errors
     from ..rundir import environment, sha256_file, write_json
 
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
         raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
     started = time.perf_counter()
-    segmenter = load_model(args.model, args.device)
-    read_errors: list = []
-    micrographs = read_micrographs(args.input, pixel_size_nm=args.pixel_size_nm, errors=read_errors)
-    if not micrographs and not read_errors:
+    cached_model(str(args.model), args.device)  # a model that cannot load stops here, before any work
+    paths = expand_inputs(args.input)
+    if not paths:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     args.out.mkdir(parents=True, exist_ok=True)
-    tables, errors, timings = segment_micrographs(segmenter, micrographs, args.out, not args.no_progress)
-    errors = [(str(path), message) for path, message in read_errors] + errors
-    table = write_table(args.out, tables)
-    megapixels = sum(m.data.size for m in micrographs if m.name in timings) / 1e6
-    seconds = sum(timings.values())
+    summaries = run_batch(paths, args.model, args.out, pixel_size_nm=args.pixel_size_nm, device=args.device,
+                          workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+    table = merge_parts(args.out, summaries)
+    images = [image for summary in summaries for image in summary["images"]]
+    errors = [error for summary in summaries for error in summary["errors"]]
+    write_errors(args.out / "errors.csv", errors)
+    seconds = time.perf_counter() - started
+    megapixels = sum(image["shape"][0] * image["shape"][1] for image in images) / 1e6
     write_json(args.out / "run.json", {
         "command": "segment", "model": str(args.model),
         "model_config": json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8")),
-        "inputs": {str(path): sha256_file(path) for path in expand_inputs(args.input) if path.is_file()},
-        "images": {m.name: {"shape": list(m.shape), "pixel_size_nm": m.pixel_size_nm,
-                            "seconds": timings.get(m.name)} for m in micrographs},
+        "execution": {"workers": args.workers, "scheduler": args.scheduler},
+        "inputs": {str(path): _sha256_or_none(path, sha256_file) for path in paths},
+        "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "objects", "seconds")}
+                   for image in images},
         "errors": [{"input": name, "error": message} for name, message in errors],
-        "timings": {"total_s": time.perf_counter() - started, "segment_s": seconds,
+        "timings": {"total_s": seconds, "images_per_s": len(images) / seconds if seconds else None,
                     "megapixels_per_s": megapixels / seconds if seconds else None},
         "environment": environment()})
-    print(f"{len(timings)} micrograph(s), {len(table)} objects -> {args.out / 'particles.csv'}")
+    print(f"{len(images)} micrograph(s), {len(table)} objects -> {args.out / 'particles.csv'} "
+          f"({len(images) / seconds:.2f} images/s)")
     if errors:
-        for name, message in errors:
-            print(f"failed: {name}: {message}")
+        print(f"{len(errors)} input(s) failed; listed in {args.out / 'errors.csv'}")
+        for name, message in errors[:10]:
+            print(f"  {name}: {message}")
         return 3
     return 0
+
+
+def _sha256_or_none(path: Path, sha256_file) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None

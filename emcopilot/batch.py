@@ -1,0 +1,125 @@
+"""Segmenting many files: one task per input file, serially or on a Dask cluster.
+
+Each task reads one file, segments every frame, writes ``masks/<image>.tif``
+and ``parts/<image>.parquet`` (its rows of the particle table) and returns a
+small summary; a failure is recorded for that file only and the batch goes
+on. At the end the parts are merged, in input order, into ``particles.csv``
+and ``particles.parquet``. With ``workers`` a local Dask cluster (processes,
+one thread each) runs the tasks; with ``scheduler`` an existing
+``dask.distributed`` cluster does (its workers must see the same paths).
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+_MODELS: dict[tuple[str, str | None], Any] = {}
+
+
+def cached_model(model_dir: str, device: str | None) -> Any:
+    """The segmenter of ``model_dir``, loaded once per process."""
+    key = (str(Path(model_dir).resolve()), device)
+    if key not in _MODELS:
+        from .cli.segment import load_model
+        _MODELS[key] = load_model(Path(model_dir), device)
+    return _MODELS[key]
+
+
+def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | None = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Segment one input file; never raises for a bad file (the error is returned)."""
+    from .io import read_micrograph
+    from .measure import mask_file_name, particle_table
+    from .rundir import atomic_path, write_tiff
+    import numpy as np
+
+    out_dir = Path(out)
+    summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
+    try:
+        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm)
+        segmenter = cached_model(model_dir, device)
+    except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
+        summary["errors"].append((path, _describe(error)))
+        return summary
+    for micrograph in micrographs:
+        started = time.perf_counter()
+        try:
+            instances = segmenter.predict(micrograph)
+            table = particle_table(instances, micrograph)
+            labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
+            write_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels.astype(np.int32))
+            part = out_dir / "parts" / (mask_file_name(micrograph.name)[:-4] + ".parquet")
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(part) as temporary:
+                table.to_parquet(temporary, index=False)
+        except Exception as error:
+            summary["errors"].append((f"{path} ({micrograph.name})", _describe(error)))
+            continue
+        summary["images"].append({"name": micrograph.name, "part": str(part), "shape": list(micrograph.shape),
+                                  "pixel_size_nm": micrograph.pixel_size_nm, "objects": int(len(table)),
+                                  "seconds": time.perf_counter() - started})
+    return summary
+
+
+def _describe(error: Exception) -> str:
+    from .errors import EmcopilotError
+    if isinstance(error, EmcopilotError):
+        return str(error)
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})"
+
+
+def _set_worker_threads() -> None:
+    import os
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
+              device: str | None = None, workers: int | None = None, scheduler: str | None = None,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Run :func:`segment_file` over ``paths``; summaries come back in input order."""
+    from tqdm import tqdm
+    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device) for path in paths]
+    if not workers and not scheduler:
+        return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
+    from dask.distributed import Client, LocalCluster, as_completed
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        client.run(_set_worker_threads)
+        futures = [client.submit(segment_file, *a, key=f"segment-{index}-{Path(a[0]).name}", pure=False)
+                   for index, a in enumerate(arguments)]
+        order = {future.key: index for index, future in enumerate(futures)}
+        results: list[dict[str, Any] | None] = [None] * len(futures)
+        for future in tqdm(as_completed(futures), total=len(futures), desc="segment", disable=not progress):
+            index = order[future.key]
+            try:
+                results[index] = future.result()
+            except Exception as error:  # a worker died: record it, keep going
+                results[index] = {"path": arguments[index][0], "images": [],
+                                  "errors": [(arguments[index][0], f"worker failed: {_describe(error)}")]}
+        return results  # type: ignore[return-value]
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def merge_parts(out: Path, summaries: Iterable[dict[str, Any]]):
+    """Concatenate the per-image parts (input order) into the final tables."""
+    import pandas as pd
+    from .measure import write_table
+    tables = [pd.read_parquet(image["part"]) for summary in summaries for image in summary["images"]]
+    return write_table(out, tables)
