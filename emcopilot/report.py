@@ -106,21 +106,33 @@ def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray]) 
     return _figure_png(fig)
 
 
+def _series(history: Mapping[str, Any]) -> tuple[list | None, dict[str, list]]:
+    """(x axis, named curves) of a training history: numeric lists as long as its ``step`` list."""
+    steps = history.get("step")
+    curves = {name: values for name, values in history.items()
+              if name not in ("step", "steps") and isinstance(values, list) and len(values) > 1
+              and all(isinstance(v, (int, float)) for v in values)}
+    if isinstance(steps, list):
+        curves = {name: values for name, values in curves.items() if len(values) == len(steps)}
+    return (steps if isinstance(steps, list) else None), curves
+
+
 def curves_figure(histories: Mapping[str, Mapping[str, Any]]) -> str | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    series = [(stage, name, values) for stage, history in histories.items() for name, values in (history or {}).items()
-              if isinstance(values, list) and len(values) > 1 and all(isinstance(v, (int, float)) for v in values)]
-    if not series:
+    panels = {stage: _series(history or {}) for stage, history in histories.items()}
+    panels = {stage: panel for stage, panel in panels.items() if panel[1]}
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(histories), figsize=(5 * len(histories), 3.2), squeeze=False)
-    for axis, stage in zip(axes[0], histories):
-        for _, name, values in [s for s in series if s[0] == stage]:
-            axis.plot(values, label=name)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2), squeeze=False)
+    for axis, (stage, (steps, curves)) in zip(axes[0], panels.items()):
+        for name, values in curves.items():
+            axis.plot(steps if steps is not None else range(len(values)), values, label=name)
         axis.set_title(stage, fontsize=9)
-        axis.set_xlabel("logged step")
-        axis.set_yscale("log" if all(v > 0 for s in series if s[0] == stage for v in s[2]) else "linear")
+        axis.set_xlabel("step" if steps is not None else "logged step")
+        if all(v > 0 for values in curves.values() for v in values):
+            axis.set_yscale("log")
         axis.legend(fontsize=7)
     return _figure_png(fig)
 
