@@ -46,7 +46,9 @@ def make_experiment(recipe: Recipe, directory: Path, *, count: int = DEMO_IMAGES
     spec = LayoutSpec.from_sample(recipe.sample)
     registry = get_registry()
     generator = registry.get("generator", "physical").create({}, recipe.sample)
-    adapter = recipe.physics_adapter.create(recipe.sample, registry)
+    # the microscope as the plugin models it by default (the recipe's adapter settings describe
+    # how the loop's generator output is treated, not the instrument)
+    adapter = registry.get("physics_adapter", recipe.physics_adapter.plugin).create({}, recipe.sample)
     made = []
     for index in range(count):
         layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)
