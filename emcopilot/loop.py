@@ -78,6 +78,7 @@ class Loop:
         self.registry = get_registry()
         self.timings: dict[str, float] = {}
         self.keys: dict[str, str] = {}
+        self.reused: list[str] = []
         self.calibration: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- helpers
@@ -106,6 +107,8 @@ class Loop:
         started = time.perf_counter()
         force = self.force is not None and STAGES.index(name) >= STAGES.index(self.force)
         directory, reused = run.run_stage(stage_id, key, compute, force=force)
+        if reused:
+            self.reused.append(stage_id)
         self.timings[stage_id] = round(time.perf_counter() - started, 3)
         log.info("%s %s (%.1f s)", "reused" if reused else "done", stage_id, self.timings[stage_id])
         return directory
@@ -135,8 +138,9 @@ class Loop:
         started = time.perf_counter()
         with RunDirectory(self.out) as run:
             micrographs, errors, hashes = self.read_inputs(run)
-            base = {"inputs": hashes, "recipe": self.recipe.as_dict(), "profile": self.profile,
-                    "pixel_size_override": self.pixel_size_override, "plugins": self.plugin_versions()}
+            contents = sorted((Path(path).name, sha) for path, sha in hashes.items())  # not where they are
+            base = {"inputs": contents, "pixel_size_override": self.pixel_size_override,
+                    "plugins": self.plugin_versions()}
             state = stages.LoopState(self, run, micrographs)
             for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
                 state.run_round(round_index, base)
@@ -172,6 +176,7 @@ class Loop:
             "calibration": self.calibration,
             "errors": [{"path": path, "error": message} for path, message in errors],
             "stage_keys": self.keys,
+            "stages_reused": self.reused,
             "timings_s": self.timings,
             "statistics": result.statistics.get("pooled", {}),
             "metrics": result.run_info.get("metrics", {}),

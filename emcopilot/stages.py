@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EmcopilotError
 from .interfaces import Instances, Micrograph
-from .rundir import RunDirectory, read_json, write_json, write_tiff
+from .rundir import RunDirectory, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ def _load_instances(path: Path) -> Instances:
 def _progress(items, description: str, enabled: bool):
     from tqdm import tqdm
     return tqdm(items, desc=description, disable=not enabled, leave=False)
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.#" else "_" for c in name)
 
 
 def confident(instances: Instances, shape: tuple[int, int], threshold: float) -> Instances:
@@ -84,21 +81,35 @@ class LoopState:
     # ------------------------------------------------------------ round
 
     def run_round(self, round_index: int, base: dict[str, Any]) -> None:
-        loop = self.loop
-        keys = lambda *names: {n: loop.keys[f"{n}@{round_index}"] for n in names}  # noqa: E731
+        """Run one round; each stage's key holds exactly what its outputs depend on."""
+        loop, recipe, profile = self.loop, self.loop.recipe.as_dict(), self.loop.profile
+        plugins = base["plugins"]
+        key = lambda name: loop.keys[f"{name}@{round_index}"]  # noqa: E731
+        training = ("batch_size", "crop_px", "max_minutes")
+        budget = lambda steps: {k: profile[k] for k in (steps, *training)}  # noqa: E731
+        slot = lambda name: {"choice": recipe[name], "plugin": plugins[name]}  # noqa: E731
         if round_index == 1:
-            loop.stage(self.run, "extract", 1, base, self.extract)
+            loop.stage(self.run, "extract", 1, {"inputs": base["inputs"], "sample": recipe["sample"],
+                                                 "pixel_size_override": base["pixel_size_override"],
+                                                 "prior_extractor": slot("prior_extractor")}, self.extract)
         else:
-            previous = {"segment": loop.keys[f"segment@{round_index - 1}"], "base": base}
-            loop.stage(self.run, "extract", round_index, previous, self.priors_from_predictions(round_index))
+            loop.stage(self.run, "extract", round_index, {"segment": loop.keys[f"segment@{round_index - 1}"]},
+                       self.priors_from_predictions(round_index))
         self.load_priors(round_index)
-        loop.stage(self.run, "prior", round_index, {"base": base, **keys("extract")}, self.fit_prior(round_index))
-        loop.stage(self.run, "adapter", round_index, {"base": base, **keys("extract")}, self.fit_adapter(round_index))
-        loop.stage(self.run, "generator", round_index, {"base": base, **keys("extract")}, self.fit_generator(round_index))
-        loop.stage(self.run, "synthesize", round_index, {"base": base, **keys("prior", "adapter", "generator")},
+        loop.stage(self.run, "prior", round_index, {"extract": key("extract")}, self.fit_prior(round_index))
+        loop.stage(self.run, "adapter", round_index, {"extract": key("extract"), "adapter": slot("physics_adapter")},
+                   self.fit_adapter(round_index))
+        loop.stage(self.run, "generator", round_index,
+                   {"extract": key("extract"), "generator": slot("generator"), "budget": budget("generator_steps"),
+                    "seed": loop.seed}, self.fit_generator(round_index))
+        loop.stage(self.run, "synthesize", round_index,
+                   {"prior": key("prior"), "adapter": key("adapter"), "generator": key("generator"),
+                    "count": profile["synthetic_images"], "image_px": profile["image_px"], "seed": loop.seed},
                    self.synthesize(round_index))
-        loop.stage(self.run, "segmenter", round_index, {"base": base, **keys("synthesize")}, self.fit_segmenter(round_index))
-        loop.stage(self.run, "segment", round_index, {"base": base, **keys("segmenter")}, self.segment(round_index))
+        loop.stage(self.run, "segmenter", round_index,
+                   {"synthesize": key("synthesize"), "segmenter": slot("segmenter"),
+                    "budget": budget("segmenter_steps"), "seed": loop.seed}, self.fit_segmenter(round_index))
+        loop.stage(self.run, "segment", round_index, {"segmenter": key("segmenter")}, self.segment(round_index))
         self.load_predictions(round_index)
 
     def stage_dir(self, name: str, round_index: int) -> Path:
@@ -131,10 +142,15 @@ class LoopState:
         def compute(directory: Path) -> None:
             source = self.stage_dir("segment", round_index - 1)
             calibration = read_json(self.stage_dir("extract", round_index - 1) / "calibration.json")
+            previous = self.stage_dir("extract", round_index - 1)
             for index, micrograph in enumerate(self.micrographs):
-                predicted = _load_instances(source / f"{index:05d}.npz")
-                _save_instances(directory / f"{index:05d}.npz",
-                                confident(predicted, micrograph.shape, self.loop_confidence))
+                kept = confident(_load_instances(source / f"{index:05d}.npz"), micrograph.shape,
+                                 self.loop_confidence)
+                if kept.count == 0:  # nothing confident: this image keeps its earlier priors
+                    log.info("%s: no confident prediction in round %d; keeping its earlier priors",
+                             micrograph.name, round_index - 1)
+                    kept = _load_instances(previous / f"{index:05d}.npz")
+                _save_instances(directory / f"{index:05d}.npz", kept)
             write_json(directory / "calibration.json", calibration)
         return compute
 
@@ -184,8 +200,17 @@ class LoopState:
 
     def fit_generator(self, round_index: int):
         def compute(directory: Path) -> None:
+            labels, images = self.working_labels(), self.working_images()
+            pairs = [(label, image) for label, image in zip(labels, images) if label is not None and label.any()]
+            if not pairs:
+                raise EmcopilotError("the prior extractor found no object in any micrograph, so there is nothing "
+                                     "to learn contrast from; check the recipe's sample (modality, diameter_nm) "
+                                     "or give --pixel-size-nm")
+            if len(pairs) < len(labels):
+                log.warning("%d of %d micrographs have no prior objects and are left out of generator training",
+                            len(labels) - len(pairs), len(labels))
             generator = self.loop.component("generator")
-            history = generator.fit(self.working_labels(), self.working_images(), directory / "work",
+            history = generator.fit([p[0] for p in pairs], [p[1] for p in pairs], directory / "work",
                                     budget=self.loop.budget("generator_steps"))
             generator.save(directory / "model")
             write_json(directory / "history.json", history or {})
@@ -253,26 +278,14 @@ class LoopState:
 
     def finish(self, errors, hashes):
         from .loop import RunResult
-        from .measure import particle_table
+        from .measure import write_outputs
         from .statistics import size_statistics
-        import pandas as pd
         out = self.run.root
-        tables = []
-        for micrograph, instances in zip(self.micrographs, self.predictions):
-            tables.append(particle_table(instances, micrograph))
-            labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-            write_tiff(out / "masks" / f"{_safe_name(micrograph.name)}.tif", labels.astype(np.int32))
-        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        from .rundir import atomic_path
-        with atomic_path(out / "particles.csv") as tmp:
-            table.to_csv(tmp, index=False)
-        with atomic_path(out / "particles.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
+        table = write_outputs(out, self.micrographs, self.predictions)
         images = {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm} for m in self.micrographs}
         statistics = size_statistics(table, images, seed=self.loop.seed)
         write_json(out / "statistics.json", statistics)
-        model_src = self.stage_dir("segmenter", self.final_round) / "model"
-        _copy_tree(model_src, out / "model")
+        _copy_tree(self.stage_dir("segmenter", self.final_round) / "model", out / "model")
         write_json(out / "model" / "recipe.json", self.loop.recipe.as_dict())
         return RunResult(out=out, micrographs=self.micrographs, instances=self.predictions, table=table,
                          statistics=statistics, errors=errors)

@@ -1,0 +1,152 @@
+"""The closed loop end to end with tiny budgets: outputs, resume, --force, rounds, kill and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+from emcopilot.cli import main  # noqa: E402
+from emcopilot.demo import make_experiment  # noqa: E402
+from emcopilot.recipe import load_recipe  # noqa: E402
+
+TINY = """\
+name: tiny-haadf
+base: nanoparticles-haadf
+generator:
+  plugin: pix2pix
+  params: {{width: 4, depth: 2, validate_every: 2, validation_crops: 2}}
+segmenter:
+  plugin: unet
+  params: {{width: 4, depth: 2}}
+train:
+  rounds: {rounds}
+  profiles:
+    fast: {{synthetic_images: 4, image_px: 64, generator_steps: {gen_steps}, segmenter_steps: 6, batch_size: 2, crop_px: 32}}
+"""
+
+
+def tiny_recipe(folder: Path, rounds: int = 1, gen_steps: int = 4) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(TINY.format(rounds=rounds, gen_steps=gen_steps))
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("experiment")
+    recipe = tiny_recipe(folder)
+    make_experiment(load_recipe(recipe), folder, count=2, side_px=96)
+    return recipe, folder / "inputs"
+
+
+def run(recipe: Path, inputs: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(recipe), "--input", str(inputs), "--out", str(out), "--no-progress", *extra])
+
+
+def run_info(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def test_run_writes_every_output_and_resumes(experiment, tmp_path):
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out) == 0
+    for name in ("particles.csv", "particles.parquet", "report.html", "run.json", "statistics.json", "errors.csv",
+                 "model/config.json", "model/model.safetensors", "masks/demo_00.tif.tif"):
+        assert (out / name).exists(), name
+    info = run_info(out)
+    assert info["stages_reused"] == []
+    assert {entry["sha256"] for entry in info["inputs"]} and info["seeds"] == {"train": 0}
+    assert info["plugins"]["generator"] == {"name": "pix2pix", "distribution": "emcopilot", "version": "0.1.0"}
+    assert info["calibration"]["demo_00.tif"]["source"] == "file"
+    first = (out / "particles.csv").read_text()
+
+    assert run(recipe, inputs, out) == 0  # everything is reused
+    assert len(run_info(out)["stages_reused"]) == 7
+    assert (out / "particles.csv").read_text() == first
+
+    assert run(recipe, inputs, out, "--force", "segmenter") == 0
+    assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
+    assert (out / "particles.csv").read_text() == first  # same seed, same result
+
+
+def test_changed_budget_recomputes_only_what_depends_on_it(experiment, tmp_path):
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out) == 0
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(recipe.read_text().replace("segmenter_steps: 6", "segmenter_steps: 8"))
+    assert run(changed, inputs, out) == 0
+    assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
+
+
+def test_two_rounds_use_confident_predictions(experiment, tmp_path):
+    recipe, inputs = experiment
+    two = tiny_recipe(tmp_path, rounds=2)
+    out = tmp_path / "run"
+    assert run(two, inputs, out) == 0
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    assert "extract@2" in stages and "segment@2" in stages
+    assert pd.read_csv(out / "particles.csv").shape[1] >= 10
+
+
+def test_unreadable_inputs_are_listed_and_the_run_continues(experiment, tmp_path):
+    recipe, inputs = experiment
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in inputs.iterdir():
+        (mixed / path.name).write_bytes(path.read_bytes())
+    (mixed / "broken.dm4").write_bytes(b"nonsense" * 10)
+    out = tmp_path / "run"
+    assert run(recipe, mixed, out) == 3
+    errors = (out / "errors.csv").read_text()
+    assert "broken.dm4" in errors and (out / "particles.csv").exists()
+
+
+KILL_POINTS = {  # completed stage that is waited for -> stages that must be reused after the restart
+    "generator-training": ("adapter@1", {"extract@1", "prior@1", "adapter@1"}),
+    "segmenter-training": ("synthesize@1", {"extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"}),
+}
+
+
+@pytest.fixture(scope="module")
+def slow_reference(experiment, tmp_path_factory):
+    recipe, inputs = experiment
+    folder = tmp_path_factory.mktemp("slow")
+    slow = folder / "slow.yaml"
+    slow.write_text(recipe.read_text().replace("generator_steps: 4", "generator_steps: 60")
+                    .replace("segmenter_steps: 6", "segmenter_steps: 80"))
+    assert run(slow, inputs, folder / "reference") == 0
+    return slow, folder / "reference"
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_kill_during_training_then_resume_gives_identical_results(experiment, slow_reference, tmp_path, kill_point):
+    _, inputs = experiment
+    slow, reference = slow_reference
+    completed, expect_reused = KILL_POINTS[kill_point]
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "emcopilot", "run", str(slow), "--input", str(inputs), "--out", str(out),
+               "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "stages" / completed / "key.json").exists():  # the next stage is training now
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "particles.csv").exists()
+    for path in out.rglob("*.json"):  # no half-written outputs (temporary *.part files may remain)
+        json.loads(path.read_text())
+    assert run(slow, inputs, out) == 0
+    assert set(run_info(out)["stages_reused"]) == expect_reused  # killed stage was redone, not trusted
+    assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
