@@ -130,12 +130,12 @@ class LoopState:
         if micrograph.pixel_size_nm is not None:
             source = "override" if micrograph.metadata.get("pixel_size_override") else "file"
             return {"pixel_size_nm": micrograph.pixel_size_nm, "source": source}
-        estimate = instances.metadata.get("pixel_size_nm_estimate")
+        estimate = instances.metadata.get("pixel_size_nm_estimate")  # the extractor has said so in the log
         if estimate is None:
             from .morphology import estimate_pixel_size_nm
             estimate = estimate_pixel_size_nm(micrograph, self.sample)
-        log.warning("%s has no calibration: estimated %.4g nm/px from the priors against the recipe's "
-                    "expected sizes (give --pixel-size-nm to override)", micrograph.name, estimate)
+            log.warning("%s has no calibration: estimated %.4g nm/px against the recipe's expected sizes "
+                        "(give --pixel-size-nm to override)", micrograph.name, estimate)
         return {"pixel_size_nm": float(estimate), "source": "estimated from priors"}
 
     def priors_from_predictions(self, round_index: int):
