@@ -88,9 +88,7 @@ def _check_pixels(data: np.ndarray, label: str) -> np.ndarray:
         raise ReadError(f"{label}: pixel type {data.dtype} is not numeric")
     if data.size == 0 or min(data.shape) < 2:
         raise ReadError(f"{label}: the image is {'x'.join(map(str, data.shape))} pixels; need at least 2x2")
-    if data.size > MAX_PIXELS:
-        raise ReadError(f"{label}: {data.shape[1]}x{data.shape[0]} pixels exceeds the limit of "
-                        f"{MAX_PIXELS:,} pixels per frame; crop or bin it first")
+    _check_frame_size(data.shape, label)
     if data.dtype == np.uint64 or data.dtype == np.int64:
         if data.size and np.abs(data).max() > 2**24:
             warnings.warn(f"{label}: {data.dtype} values above 2^24 lose precision in float32", stacklevel=3)
@@ -143,45 +141,74 @@ def _modality(metadata: dict) -> str | None:
     return None
 
 
-def _frames(data: np.ndarray, axes: Sequence[dict]) -> Iterator[tuple[int | None, np.ndarray]]:
-    """Split an n-D signal into 2-D frames; navigation axes become frame indices."""
+def _check_frame_size(shape: Sequence[int], label: str) -> None:
+    """Refuse a frame over :data:`MAX_PIXELS` before any of its pixels is read."""
+    height, width = int(shape[-2]), int(shape[-1])
+    if height * width > MAX_PIXELS:
+        raise ReadError(f"{label}: {width}x{height} pixels exceeds the limit of {MAX_PIXELS:,} pixels per frame "
+                        f"({MAX_PIXELS * 4 / 2**30:.0f} GiB as float32); crop or bin it first")
+
+
+def _frames(data: Any) -> Iterator[tuple[int | None, Any]]:
+    """Split an n-D signal (numpy or lazy dask) into 2-D frames; navigation axes become frame indices."""
     if data.ndim == 2:
         yield None, data
         return
-    frames = data.reshape((-1,) + data.shape[-2:])
+    frames = data.reshape((-1,) + tuple(data.shape[-2:]))
     for index in range(frames.shape[0]):
         yield index, frames[index]
 
 
+def _materialise(data: Any, label: str, module_name: str) -> np.ndarray:
+    try:
+        return np.asarray(data.compute() if hasattr(data, "compute") else data)
+    except Exception as error:  # truncated data surfaces only when the pixels are read
+        raise ReadError(f"{label}: {module_name} could not read the pixels: {type(error).__name__}: {error}") from None
+
+
 def _read_rsciio(path: Path, label: str) -> list[Micrograph]:
+    """Read lazily, check every frame's size, then load frame by frame."""
     module_name = RSCIIO_READERS[path.suffix.lower()]
     try:
         reader = importlib.import_module(module_name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            signals = reader.file_reader(str(path), lazy=False)
+            signals = reader.file_reader(str(path), lazy=True)
     except Exception as error:
         raise ReadError(f"{label}: {module_name} could not read it: {type(error).__name__}: {error}") from None
     micrographs = []
-    images = [s for s in signals if np.asarray(s["data"]).ndim >= 2]
+    images = [s for s in signals if getattr(s["data"], "ndim", 0) >= 2]
     if not images:
         raise ReadError(f"{label}: {module_name} could not read it: the file holds no image")
     for signal_index, signal in enumerate(images):
-        data = to_grey(signal["data"], channels_last=False)
-        axes = list(signal.get("axes", []))
-        pixel_size_nm, calibration = _calibration(axes, label)
+        data = signal["data"]
+        _check_frame_size(data.shape, label)
+        if data.dtype.names is not None:  # colour: a structured dtype
+            data = to_grey(_materialise(data, label, module_name), channels_last=False)
+        pixel_size_nm, calibration = _calibration(list(signal.get("axes", [])), label)
         metadata = signal.get("metadata", {}) or {}
-        for frame_index, frame in _frames(data, axes):
+        for frame_index, frame in _frames(data):
             parts = [str(signal_index)] if len(images) > 1 else []
             parts += [str(frame_index)] if frame_index is not None else []
             name = path.name + ("#" + ".".join(parts) if parts else "")
-            micrographs.append(_micrograph(frame, pixel_size_nm, path, name, label, reader=module_name,
-                                           calibration=calibration, modality=_modality(metadata),
+            micrographs.append(_micrograph(_materialise(frame, label, module_name), pixel_size_nm, path, name,
+                                           label, reader=module_name, calibration=calibration,
+                                           modality=_modality(metadata),
                                            title=str(metadata.get("General", {}).get("title", ""))))
     return micrographs
 
 
 def _read_plain(path: Path, label: str) -> list[Micrograph]:
+    try:
+        from PIL import Image
+        with Image.open(path) as header:  # reads the header only
+            _check_frame_size(header.size[::-1], label)
+    except ReadError:
+        raise
+    except Image.DecompressionBombError as error:  # PIL's own guard fires on even larger headers
+        raise ReadError(f"{label}: exceeds the limit of {MAX_PIXELS:,} pixels per frame ({error})") from None
+    except Exception:
+        pass  # not a format PIL knows: imageio decides below
     try:
         import imageio.v3 as iio
         with warnings.catch_warnings():
@@ -215,6 +242,8 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None)
     path = Path(path)
     label = str(path)
     try:
+        if path.is_symlink() and not path.exists():
+            raise ReadError(f"{label}: a broken or looping symbolic link")
         if not path.exists():
             raise ReadError(f"{label}: no such file")
         if path.is_dir():

@@ -167,3 +167,45 @@ def test_micrograph_validates():
     with pytest.raises(InputError, match="outside"):
         Micrograph(np.zeros((2, 2)), pixel_size_nm=0.0)
     assert Micrograph(np.zeros((2, 2), bool)).data.dtype == np.float32
+
+
+def _png_claiming(path, width, height):
+    """A tiny PNG whose header (with a valid CRC) claims width x height pixels."""
+    import struct
+    import zlib
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 8))
+                     + chunk(b"IEND", b""))
+
+
+def test_huge_frames_are_refused_before_reading_pixels(tmp_path):
+    import resource
+    import tifffile
+    tifffile.imwrite(tmp_path / "huge.tif", shape=(30000, 30000), dtype=np.uint16)  # sparse on disk
+    _png_claiming(tmp_path / "huge.png", 30000, 30000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for name in ("huge.tif", "huge.png"):
+        with pytest.raises(ReadError, match=r"exceeds the limit of 268,435,456 pixels per frame"):
+            read_micrograph(tmp_path / name)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 500, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_symlink_loop_and_broken_link(tmp_path):
+    (tmp_path / "a.tif").symlink_to(tmp_path / "b.tif")
+    (tmp_path / "b.tif").symlink_to(tmp_path / "a.tif")
+    (tmp_path / "gone.tif").symlink_to(tmp_path / "missing.tif")
+    for name in ("a.tif", "gone.tif"):
+        with pytest.raises(ReadError, match="broken or looping symbolic link"):
+            read_micrograph(tmp_path / name)
+
+
+@pytest.mark.parametrize("array", [np.eye(6, dtype=bool), np.arange(36, dtype=np.uint64).reshape(6, 6),
+                                   np.arange(36, dtype=np.int8).reshape(6, 6) - 18])
+def test_unusual_integer_and_bool_pixels_become_float32(tmp_path, array):
+    import tifffile
+    tifffile.imwrite(tmp_path / "x.tif", array)
+    [micrograph] = read_micrograph(tmp_path / "x.tif")
+    assert micrograph.data.dtype == np.float32
+    np.testing.assert_array_equal(micrograph.data, array.astype(np.float32))
