@@ -1,0 +1,109 @@
+"""Batch robustness: `emcopilot segment` over N small micrographs of which a share are corrupt.
+
+Writes calibrated TIFFs (rendered by the physics engine), corrupts a fraction of them in
+several ways (zero bytes, truncated, random bytes, NaN pixels), runs `emcopilot segment`
+as a user would (a subprocess), and reports the wall time, images measured, failures
+listed in errors.csv and the exit status. Usage:
+
+    python benchmarks/batch_robustness.py --images 1000 --corrupt 0.05 [--workers 2] [--model DIR]
+
+Without --model the `classical` segmenter of the nanoparticles-haadf recipe is used.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: int) -> list[str]:
+    from emcopilot.demo import write_calibrated_tiff
+    from emcopilot.layout import LayoutSpec, sample_layout
+    from emcopilot.plugins import get_registry
+    from emcopilot.recipe import load_recipe
+    recipe = load_recipe("nanoparticles-haadf")
+    registry = get_registry()
+    generator = registry.get("generator", "physical").create({}, recipe.sample)
+    adapter = registry.get("physics_adapter", "haadf-stem").create({}, recipe.sample)
+    spec = LayoutSpec.from_sample(recipe.sample)
+    rng = np.random.default_rng(seed)
+    pixel_size_nm = recipe.sample.pixel_size_nm
+    templates = []
+    for _ in range(8):  # render a few scenes, reuse them with noise (rendering is not what is measured)
+        layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)
+        templates.append(adapter.apply(generator.generate([layout], rng)[0], pixel_size_nm, rng, layout=layout))
+    bad = set(rng.choice(count, int(round(count * corrupt)), replace=False).tolist())
+    kinds = ["zero-bytes", "truncated", "random-bytes", "nan-pixels"]
+    corrupted = []
+    for index in range(count):
+        path = folder / f"img{index:05d}.tif"
+        image = templates[index % len(templates)] * rng.uniform(0.9, 1.1)
+        write_calibrated_tiff(path, image, pixel_size_nm)
+        if index in bad:
+            kind = kinds[len(corrupted) % len(kinds)]
+            if kind == "zero-bytes":
+                path.write_bytes(b"")
+            elif kind == "truncated":
+                path.write_bytes(path.read_bytes()[:200])
+            elif kind == "random-bytes":
+                path.write_bytes(rng.bytes(4096))
+            else:
+                image = image.copy()
+                image[5, 5] = np.nan
+                write_calibrated_tiff(path, image, pixel_size_nm)
+            corrupted.append(path.name)
+    return corrupted
+
+
+def classical_model(folder: Path) -> Path:
+    from emcopilot.plugins import get_registry
+    from emcopilot.recipe import load_recipe
+    recipe = load_recipe("nanoparticles-haadf")
+    segmenter = get_registry().get("segmenter", "classical").create({}, recipe.sample)
+    segmenter.save(folder / "model")
+    return folder / "model"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--corrupt", type=float, default=0.05)
+    parser.add_argument("--side-px", type=int, default=128)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/results/batch_robustness"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_robustness.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    inputs = args.work / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    corrupted = make_inputs(inputs, args.images, args.corrupt, args.side_px, args.seed)
+    model = args.model or classical_model(args.work)
+    command = [sys.executable, "-m", "emcopilot", "segment", "--model", str(model), "--input", str(inputs),
+               "--out", str(args.work / "run"), "--no-progress"]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    with open(args.work / "run" / "errors.csv") as handle:
+        failed = sorted(Path(row["path"].split(" (")[0]).name for row in csv.DictReader(handle))
+    run = json.loads((args.work / "run" / "run.json").read_text())
+    report = {"images": args.images, "corrupted": len(corrupted), "measured": len(run["images"]),
+              "failures_listed": len(failed), "all_corrupt_listed": sorted(corrupted) == failed,
+              "exit_status": result.returncode, "wall_s": round(wall, 1),
+              "images_per_s": round(len(run["images"]) / wall, 2), "workers": args.workers,
+              "model": str(model), "command": " ".join(command)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
