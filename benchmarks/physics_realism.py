@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -36,7 +35,6 @@ import numpy as np
 from scipy import stats
 from skimage.draw import disk, ellipse
 
-from emcopilot.interfaces import Micrograph
 from emcopilot.io import read_micrograph
 from emcopilot.layout import LayoutSpec, sample_layout
 from emcopilot.plugins import get_registry

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 _MODELS: dict[tuple[str, str | None], Any] = {}
 

@@ -41,7 +41,7 @@ SUPPORTED_EXTENSIONS = set(RSCIIO_READERS) | PLAIN_IMAGE_EXTENSIONS
 #: length unit -> nanometres
 NM_PER_UNIT = {
     "m": 1e9, "cm": 1e7, "mm": 1e6, "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3,
-    "nm": 1.0, "Å": 0.1, "Å": 0.1, "A": 0.1, "angstrom": 0.1, "ang": 0.1, "pm": 1e-3,
+    "nm": 1.0, "\u00c5": 0.1, "\u212b": 0.1, "A": 0.1, "angstrom": 0.1, "ang": 0.1, "pm": 1e-3,
 }
 
 #: Frames larger than this (pixels) are refused rather than exhausting memory.

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from . import __version__
 from .errors import EmcopilotError
@@ -37,7 +36,7 @@ from .io import expand_inputs, read_micrograph
 from .errors import ReadError
 from .plugins import get_registry
 from .recipe import Recipe
-from .rundir import RunDirectory, digest, environment, read_json, sha256_file, write_json, write_text
+from .rundir import RunDirectory, digest, environment, sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 

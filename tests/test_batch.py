@@ -9,9 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from emcopilot import Instances  # noqa: E402
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.interfaces import TrainBudget  # noqa: E402
 from emcopilot.plugins import get_registry  # noqa: E402
 from emcopilot.recipe import Sample  # noqa: E402
 

@@ -209,3 +209,8 @@ def test_unusual_integer_and_bool_pixels_become_float32(tmp_path, array):
     [micrograph] = read_micrograph(tmp_path / "x.tif")
     assert micrograph.data.dtype == np.float32
     np.testing.assert_array_equal(micrograph.data, array.astype(np.float32))
+
+
+@pytest.mark.parametrize("angstrom", ["\u00c5", "\u212b"])  # the letter and the Ångström sign
+def test_both_angstrom_characters(angstrom):
+    assert to_nm(5, angstrom) == pytest.approx(0.5)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import inspect
-from types import SimpleNamespace
 
 import pytest
 
-from emcopilot import Param, PluginError, hookimpl, hookspecs
+from emcopilot import PluginError, hookimpl, hookspecs
 from emcopilot.plugins import SLOTS, PluginHost, build_registry, get_registry
 from tests.conftest import FakePlugin
 
