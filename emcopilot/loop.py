@@ -16,7 +16,7 @@ Round ``r > 1`` takes the segmenter's confident predictions on the real
 micrographs from round ``r − 1`` as its priors instead of the prior
 extractor's output. Confidence: an object is kept when its score (the
 segmenter's mean foreground probability over the object, ``Instances.scores``)
-is at least ``CONFIDENT_SCORE`` and it does not touch the frame edge (a cut
+is at least ``emcopilot.stages.CONFIDENT_SCORE`` (0.5) and it does not touch the frame edge (a cut
 object would teach wrong shapes and sizes).
 """
 from __future__ import annotations
@@ -41,7 +41,6 @@ from .rundir import RunDirectory, digest, environment, sha256_file, write_json, 
 log = logging.getLogger(__name__)
 
 STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment"]
-CONFIDENT_SCORE = 0.5
 
 
 @dataclass

@@ -17,6 +17,9 @@ from .rundir import RunDirectory, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+#: Round r > 1 keeps a predicted object as a prior when its score is at least this (see emcopilot.loop).
+CONFIDENT_SCORE = 0.5
+
 
 def _save_instances(path: Path, instances: Instances) -> None:
     arrays = {"labels": instances.labels if instances.labels is not None else np.zeros((0, 0), np.int32)}
@@ -145,7 +148,7 @@ class LoopState:
             previous = self.stage_dir("extract", round_index - 1)
             for index, micrograph in enumerate(self.micrographs):
                 kept = confident(_load_instances(source / f"{index:05d}.npz"), micrograph.shape,
-                                 self.loop_confidence)
+                                 CONFIDENT_SCORE)
                 if kept.count == 0:  # nothing confident: this image keeps its earlier priors
                     log.info("%s: no confident prediction in round %d; keeping its earlier priors",
                              micrograph.name, round_index - 1)
@@ -153,11 +156,6 @@ class LoopState:
                 _save_instances(directory / f"{index:05d}.npz", kept)
             write_json(directory / "calibration.json", calibration)
         return compute
-
-    @property
-    def loop_confidence(self) -> float:
-        from .loop import CONFIDENT_SCORE
-        return CONFIDENT_SCORE
 
     def load_priors(self, round_index: int) -> None:
         directory = self.stage_dir("extract", round_index)
