@@ -21,7 +21,6 @@ object would teach wrong shapes and sizes).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,13 +29,12 @@ from typing import Any, Sequence
 
 
 from . import __version__
-from .errors import EmcopilotError
+from .errors import EmcopilotError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
 from .io import expand_inputs, read_micrograph
-from .errors import ReadError
 from .plugins import get_registry
 from .recipe import Recipe
-from .rundir import RunDirectory, digest, environment, sha256_file, write_json, write_text
+from .rundir import RunDirectory, digest, environment, sha256_file, write_errors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +179,3 @@ class Loop:
         }
         write_json(run.root / "run.json", info)
         return info
-
-
-def write_errors(path: Path, errors: Sequence[tuple[str, str]]) -> None:
-    """``errors.csv``: one row per input that failed (always written, maybe empty)."""
-    import io
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "error"])
-    writer.writerows(errors)
-    write_text(path, buffer.getvalue())

@@ -9,8 +9,10 @@ whose key matches reuses them (resume), anything else recomputes.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -18,7 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -88,6 +90,26 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
     import tifffile
     with atomic_path(path) as temporary:
         tifffile.imwrite(temporary, array, compression="zlib")
+
+
+def write_errors(path: Path, errors: Sequence[tuple[str, str]]) -> None:
+    """``errors.csv``: one ``path,error`` row per input that failed (always written, maybe empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "error"])
+    writer.writerows(errors)
+    write_text(path, buffer.getvalue())
+
+
+def input_sha256s(paths: Iterable[Path]) -> dict[str, str | None]:
+    """SHA-256 of each input file for provenance; ``None`` where the file cannot be read."""
+    hashes: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            hashes[str(path)] = sha256_file(path)
+        except OSError:
+            hashes[str(path)] = None
+    return hashes
 
 
 def read_json(path: Path) -> Any:

@@ -44,7 +44,7 @@ def run(args) -> int:
     from ..measure import write_outputs
     from ..morphology import MorphologyPrior
     from ..recipe import load_recipe
-    from ..rundir import atomic_path, environment, sha256_file, write_json, write_text
+    from ..rundir import atomic_path, environment, input_sha256s, write_json, write_text
 
     log = logging.getLogger("emcopilot.extract")
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
@@ -87,7 +87,7 @@ def run(args) -> int:
     write_json(args.out / "run.json", {
         "command": "extract", "recipe": recipe.as_dict(),
         "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
-        "inputs": {str(path): sha256_file(path) for path in expand_inputs(args.input) if path.is_file()},
+        "inputs": input_sha256s(path for path in expand_inputs(args.input) if path.is_file()),
         "images": images, "errors": [{"input": name, "error": message} for name, message in errors],
         "timings": {"total_s": time.perf_counter() - started}, "environment": environment()})
     print(f"{len(done)} micrograph(s), {len(table)} objects ({recipe.prior_extractor.plugin}) -> "

@@ -68,8 +68,7 @@ def run(args) -> int:
     from ..batch import cached_model, merge_parts, run_batch
     from ..errors import InputError
     from ..io import expand_inputs
-    from ..loop import write_errors
-    from ..rundir import environment, sha256_file, write_json
+    from ..rundir import environment, input_sha256s, write_errors, write_json
 
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
         raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
@@ -93,7 +92,7 @@ def run(args) -> int:
         "command": "segment", "model": str(args.model),
         "model_config": json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8")),
         "execution": {"workers": args.workers, "scheduler": args.scheduler},
-        "inputs": {str(path): _sha256_or_none(path, sha256_file) for path in paths},
+        "inputs": input_sha256s(paths),
         "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "objects", "seconds")}
                    for image in images},
         "errors": [{"input": name, "error": message} for name, message in errors],
@@ -109,9 +108,3 @@ def run(args) -> int:
         return 3
     return 0
 
-
-def _sha256_or_none(path: Path, sha256_file) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
