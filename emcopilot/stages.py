@@ -77,6 +77,7 @@ class LoopState:
         self.sample = loop.recipe.sample
         self.working_px = float(self.sample.pixel_size_nm)
         self.priors: list[Instances] = []
+        self._working: list[Micrograph] | None = None  # resampled real images, per calibration
         self.predictions: list[Instances] = []
         self.history: dict[str, Any] = {}
         self.metrics: dict[str, Any] = {}
@@ -163,6 +164,7 @@ class LoopState:
         self.loop.calibration = calibration
         for micrograph in self.micrographs:
             micrograph.pixel_size_nm = calibration[micrograph.name]["pixel_size_nm"]
+        self._working = None
         self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
 
     # ------------------------------------------------------------ fits
@@ -172,7 +174,12 @@ class LoopState:
         return [plan_scaling(m.shape, m.pixel_size_nm, self.working_px, m.name) for m in self.micrographs]
 
     def working_images(self) -> list[Micrograph]:
-        """The real micrographs resampled to the recipe's working pixel size."""
+        """The real micrographs resampled to the recipe's working pixel size (once per round)."""
+        if self._working is None:
+            self._working = self._resample_to_working()
+        return self._working
+
+    def _resample_to_working(self) -> list[Micrograph]:
         from .scale import to_working
         return [Micrograph(to_working(m.data, scaling), pixel_size_nm=self.working_px, modality=m.modality,
                            source=m.source, name=m.name, metadata=m.metadata)
