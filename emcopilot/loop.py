@@ -39,6 +39,10 @@ from .rundir import RunDirectory, digest, environment, sha256_file, write_errors
 log = logging.getLogger(__name__)
 
 STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment"]
+#: which recipe slots each stage calls (named in error messages)
+STAGE_SLOTS = {"extract": ("prior_extractor",), "adapter": ("physics_adapter",), "generator": ("generator",),
+               "synthesize": ("generator", "physics_adapter"), "segmenter": ("segmenter",),
+               "segment": ("segmenter",)}
 
 
 @dataclass
@@ -96,13 +100,25 @@ class Loop:
             out[slot] = {"name": choice.plugin, "distribution": origin.distribution, "version": origin.version}
         return out
 
+    def describe_plugins(self, stage: str) -> str:
+        """The plugins a stage calls, with their origin, for error messages."""
+        slots = STAGE_SLOTS.get(stage, ())
+        versions = self.plugin_versions()
+        return ", ".join(f"{slot} {versions[slot]['name']!r} from {versions[slot]['distribution'] or '?'} "
+                         f"{versions[slot]['version'] or ''}".rstrip() for slot in slots) or "no plugin"
+
     def stage(self, run: RunDirectory, name: str, round_index: int, depends: dict[str, Any], compute) -> Path:
         stage_id = f"{name}@{round_index}"
         key = digest({"stage": stage_id, "emcopilot": __version__, **depends})
         self.keys[stage_id] = key
         started = time.perf_counter()
         force = self.force is not None and STAGES.index(name) >= STAGES.index(self.force)
-        directory, reused = run.run_stage(stage_id, key, compute, force=force)
+        try:
+            directory, reused = run.run_stage(stage_id, key, compute, force=force)
+        except Exception as error:  # name the stage and its plugins; finished stages stay on disk
+            raise EmcopilotError(f"stage {stage_id} failed ({self.describe_plugins(name)}): "
+                                 f"{type(error).__name__}: {error}. Completed stages are kept in "
+                                 f"{run.root / 'stages'}; re-run the same command to resume.") from error
         if reused:
             self.reused.append(stage_id)
         self.timings[stage_id] = round(time.perf_counter() - started, 3)

@@ -150,3 +150,16 @@ def test_kill_during_training_then_resume_gives_identical_results(experiment, sl
     assert run(slow, inputs, out) == 0
     assert set(run_info(out)["stages_reused"]) == expect_reused  # killed stage was redone, not trusted
     assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
+
+
+def test_a_failing_plugin_names_stage_and_plugin_and_keeps_finished_stages(experiment, tmp_path, capsys):
+    recipe, inputs = experiment
+    failing = tmp_path / "failing.yaml"
+    # a training crop larger than any image: the generator refuses it
+    failing.write_text(recipe.read_text().replace("crop_px: 32", "crop_px: 4096"))
+    out = tmp_path / "run"
+    assert run(failing, inputs, out) == 1
+    err = capsys.readouterr().err
+    assert "stage generator@1 failed (generator 'pix2pix' from emcopilot 0.1.0)" in err
+    assert "re-run the same command to resume" in err
+    assert (out / "stages" / "adapter@1" / "key.json").exists()  # finished stages kept
