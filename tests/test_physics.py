@@ -352,3 +352,29 @@ def test_registration_is_light():
     described = {c.name: c for c in REGISTRY.all("physics_adapter")}
     assert set(described) == {"haadf-stem", "bf-stem"}
     assert "defocus_nm" in described["bf-stem"].params and "defocus_nm" not in described["haadf-stem"].params
+
+
+def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_back():
+    from types import SimpleNamespace
+
+    from emcopilot.interfaces import Micrograph
+
+    sample = SimpleNamespace(kind="atoms", modality="haadf-stem")
+    truth = REGISTRY.get("generator", "physical").create({"atom_spread": 0.0}, sample)
+    truth.fitted = {"atom_fwhm_nm": 0.15, "atom_contrast": 0.3, "support_fine_roughness": 0.02}
+    rng = np.random.default_rng(3)
+    spec = LayoutSpec("atoms", 0.28, 0.0, 0.3)
+    layouts = [sample_layout(spec, (256, 256), 0.03, rng) for _ in range(4)]
+    detector = adapter(dose_e_per_A2=5e4, offset_du=500.0, gain_du_per_e=2.0, read_noise_du=0.0, psf_fwhm_nm=0.0,
+                       **STILL)
+    images = [Micrograph(detector.apply(truth.render(layout, rng), 0.03, rng), pixel_size_nm=0.03)
+              for layout in layouts]
+    model = REGISTRY.get("generator", "physical").create({}, sample)
+    fitted = model.fit([layout.labels for layout in layouts], images)
+    assert fitted["atoms_used"] > 50
+    assert fitted["atom_fwhm_nm"] == pytest.approx(0.15, rel=0.15)
+    assert fitted["atom_contrast"] == pytest.approx(0.3, rel=0.25)  # the local median sees a little of the atom
+    assert fitted["support_fine_roughness"] == pytest.approx(0.02, rel=0.5)
+    # an uncalibrated image gives no width in nm: the declared parameters stay in use
+    blind = model.fit([layouts[0].labels], [images[0].data])
+    assert blind["atom_fwhm_nm"] is None and model.atom_fwhm_nm() == model.params["atom_fwhm_nm"]

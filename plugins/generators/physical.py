@@ -26,6 +26,18 @@ the support's relative roughness of real images with prior label maps;
 attenuation (BF) per image so the rendered ratio matches (± a random
 spread), since absolute thicknesses are rarely known. The support's spectral
 slope is a parameter: set it from the adapter's fitted ``spectrum_beta``.
+
+Atoms are judged locally instead: a single atom on an uneven support is
+invisible to a whole-image ratio. For atomistic samples ``fit`` averages the
+background-subtracted neighbourhoods of the prior's atoms (each centred on
+its label) and measures their apparent FWHM (probe, vibration and drift
+included: aberration-corrected images of Pt atoms show 0.1–0.2 nm) and the
+peak's height over the local support level. ``generate`` then renders atoms
+at that width (± ``atom_spread`` per image) and scales each atom so its peak
+stands that far above the support under it (± ``atom_spread`` per atom), so
+the adapter's fitted dose gives the real signal-to-noise. The prior finds
+the brighter atoms first, so the fitted contrast is if anything high; the
+spread reaches down to half of it.
 """
 from __future__ import annotations
 
@@ -40,6 +52,8 @@ import numpy as np
 from emcopilot import InputError, Param, hookimpl
 
 MODALITIES = ("haadf-stem", "bf-stem")
+#: The support level under an atom is the median over this width around it (fit) — the atom scale.
+LOCAL_BACKGROUND_NM = 0.6
 CONFIG_FILE = "physical_generator.json"
 
 PARAMS = {
@@ -62,6 +76,9 @@ PARAMS = {
                                              "and support roughness"),
     "contrast_spread": Param(0.2, float, min=0.0, max=2.0,
                              help="log-normal spread of the matched contrast between images"),
+    "atom_spread": Param(0.3, float, min=0.0, max=2.0,
+                         help="atoms and clusters, after fit(): log-normal spread of each atom's fitted local "
+                              "contrast, and of the fitted apparent width between images"),
 }
 
 
@@ -123,6 +140,21 @@ def _atom_image(shape: tuple[int, int], atoms_px: np.ndarray, weights: np.ndarra
     return image.astype(np.float32)
 
 
+def _dark_level(data: np.ndarray) -> float:
+    """The detector's zero-signal level: the offset of the Poisson–Gaussian noise model when the noise
+    grows with the signal, else the 0.5th percentile (vacuum in the frame)."""
+    from emcopilot_plugins.physics.estimate import fit_noise
+
+    low = float(np.percentile(data, 0.5))
+    try:
+        noise = fit_noise(data)
+    except Exception:  # noqa: BLE001 - too small or flat for a noise curve: fall back to the percentile
+        return low
+    if noise["noise_model"] == "poisson-gaussian" and noise["offset_du"] <= low:
+        return float(noise["offset_du"])
+    return low
+
+
 class PhysicalGenerator:
     """Renders clean images from layouts; see the module docstring for the physics."""
 
@@ -133,6 +165,7 @@ class PhysicalGenerator:
             raise InputError(f"physical generator: modality {modality!r} is not rendered; "
                              f"choose one of {list(MODALITIES)} with the 'modality' parameter")
         self.modality = modality
+        self.kind = getattr(sample, "kind", "particles") or "particles"
         self.fitted: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ rendering
@@ -149,20 +182,70 @@ class PhysicalGenerator:
             # one atom holds Zⁿ times its volume; spread over the pixel area it is a thickness
             weights = z ** n * self.params["atom_volume_nm3"] / layout.pixel_size_nm ** 2
             objects = _atom_image(layout.shape, np.asarray(layout.atoms, np.float64), weights,
-                                  self.params["atom_fwhm_nm"] / layout.pixel_size_nm)
+                                  self.atom_fwhm_nm() / layout.pixel_size_nm)
         return objects
 
+    def atom_fwhm_nm(self, rng: np.random.Generator | None = None) -> float:
+        """The atoms' rendered width: fitted (drawn per image when ``rng`` is given) or declared."""
+        fitted = self.fitted.get("atom_fwhm_nm") if self.params["match_contrast"] else None
+        if not fitted:
+            return float(self.params["atom_fwhm_nm"])
+        spread = self.params["atom_spread"] / 2
+        return float(fitted * (math.exp(rng.uniform(-spread, spread)) if rng is not None else 1.0))
+
+    def _fine_to_total(self, field: np.ndarray, pixel_size_nm: float) -> float:
+        """The rms of a unit field whose texture finer than the atom-scale background has the fitted rms."""
+        from scipy import ndimage
+        sigma = 0.3 * LOCAL_BACKGROUND_NM / pixel_size_nm  # a Gaussian about as wide as fit()'s median window
+        fine = float(np.std(field - ndimage.gaussian_filter(field, sigma)))
+        return self.fitted["support_fine_roughness"] / max(fine, 1e-6)
+
+    def _atoms_at_local_contrast(self, layout, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Atoms whose peaks stand a fitted fraction above ``level`` under them (see module docstring)."""
+        atoms = np.asarray(layout.atoms, np.float64).reshape(-1, 2)
+        fwhm_px = self.atom_fwhm_nm(rng) / layout.pixel_size_nm
+        if not len(atoms):
+            return np.zeros(layout.shape, np.float32)
+        z = np.asarray(layout.atom_z, np.float64)
+        relative = (z / z.max()) ** self.params["z_exponent"]  # heavier atoms brighter, same support
+        contrast = self.fitted["atom_contrast"] * relative * np.exp(
+            rng.uniform(-self.params["atom_spread"] * 2, self.params["atom_spread"], len(atoms)))
+        rows = np.clip(np.round(atoms[:, 0]).astype(int), 0, layout.shape[0] - 1)
+        cols = np.clip(np.round(atoms[:, 1]).astype(int), 0, layout.shape[1] - 1)
+        # the support's level under each atom (a floor where the field dips to a hole)
+        under = np.maximum(level[rows, cols], float(np.median(level)) * 0.05)
+        sigma = fwhm_px / (2 * math.sqrt(2 * math.log(2)))
+        peak_per_weight = float(_atom_image((9, 9), np.array([[4.0, 4.0]]), np.ones(1), fwhm_px)[4, 4]) \
+            if sigma > 0 else 1.0
+        return _atom_image(layout.shape, atoms, contrast * under / peak_per_weight, fwhm_px)
+
+    def _local_atoms(self, layout) -> bool:
+        return bool(self.params["match_contrast"] and self.fitted.get("atom_contrast")
+                    and layout.kind != "particles" and layout.atoms is not None)
+
     def render(self, layout, rng: np.random.Generator) -> np.ndarray:
-        objects = self.object_mass_thickness(layout)
+        objects = None if self._local_atoms(layout) else self.object_mass_thickness(layout)
         # support mass-thickness Z_s^n·t·max(1 + roughness·field, 0), in place (float32 passes are the cost)
         support = _support_field(layout.shape, self.params["support_spectrum_beta"], rng)
         roughness = self.fitted.get("support_roughness") if self.params["match_contrast"] else None
+        if objects is None and self.fitted.get("support_fine_roughness") is not None:
+            roughness = self._fine_to_total(support, layout.pixel_size_nm)
         support *= np.float32(self.params["support_roughness"] if roughness is None else min(roughness, 1.0))
         support += np.float32(1)
         np.maximum(support, 0, out=support)  # a thickness; the field's rare deep troughs are holes
         if layout.support is not None:
             support[~layout.support] = 0
         support *= np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
+        if self._local_atoms(layout):
+            if self.modality == "haadf-stem":
+                support += self._atoms_at_local_contrast(layout, support, rng)
+                support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
+                return support
+            support *= np.float32(-self.params["bf_attenuation_per_nm_Zn"])
+            np.exp(support, out=support)  # BF: each atom a dip of its fitted relative depth
+            dips = self._atoms_at_local_contrast(layout, np.ones_like(support), rng)
+            support *= 1 - np.minimum(dips, np.float32(0.95))
+            return support
         support_scale, attenuation_scale = self._contrast_scales(objects, support, layout, rng)
         if self.modality == "haadf-stem":
             support *= np.float32(support_scale)
@@ -228,7 +311,64 @@ class PhysicalGenerator:
         self.fitted = {"object_to_background_ratio": float(np.median(ratios)) if ratios else None,
                        "support_roughness": float(np.median(roughness)) if roughness else None,
                        "images_used": len(ratios), "modality": self.modality}
+        if self.kind != "particles":
+            self.fitted.update(self._fit_atoms(label_maps, images))
         return dict(self.fitted)
+
+    def _fit_atoms(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
+        """Apparent FWHM and local peak contrast of the prior's atoms (pooled over images)."""
+        from scipy import ndimage
+
+        windows, contrasts, pixel_sizes, fine_roughness = [], [], [], []
+        for labels, image in zip(label_maps, images):
+            pixel_size = getattr(image, "pixel_size_nm", None)
+            if pixel_size is None:
+                continue  # widths in nm need a calibration
+            data = np.asarray(getattr(image, "data", image), np.float64)
+            ids = np.unique(labels)
+            ids = ids[ids > 0]
+            if not len(ids):
+                continue
+            data = data - _dark_level(data)
+            if self.modality == "bf-stem":
+                data = -data
+            size = max(5, int(round(LOCAL_BACKGROUND_NM / pixel_size)) | 1)  # the support under an atom
+            background = ndimage.gaussian_filter(ndimage.median_filter(data, size=size), size / 7)
+            radius = max(3, int(math.ceil(0.3 / pixel_size)))
+            fine = (data - background)[~ndimage.binary_dilation(labels > 0, iterations=2)]
+            fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
+            texture = float(np.var(fine)) - float(np.mean(fourth ** 2)) / 70.0  # minus white noise
+            level = float(np.median(background[labels == 0]))
+            if level > 0:
+                fine_roughness.append(math.sqrt(max(texture, 0.0)) / level)
+            centres = np.round(ndimage.center_of_mass(labels > 0, labels, ids)).astype(int).reshape(-1, 2)
+            inside = np.all((centres >= radius) & (centres < np.array(data.shape) - radius), axis=1)
+            for row, col in centres[inside]:
+                window = (data - background)[row - radius:row + radius + 1, col - radius:col + radius + 1]
+                level = abs(float(background[row, col]))
+                if level > 0:
+                    windows.append(window)
+                    contrasts.append(float(window[radius, radius]) / level)
+                    pixel_sizes.append(pixel_size)
+        if len(windows) < 5:
+            return {"atom_fwhm_nm": None, "atom_contrast": None, "atoms_used": len(windows)}
+        fine = float(np.median(fine_roughness)) if fine_roughness else None
+        pixel_size = float(np.median(pixel_sizes))
+        mean = np.mean([w for w, p in zip(windows, pixel_sizes) if w.shape == windows[0].shape], axis=0)
+        radius = mean.shape[0] // 2
+        rows, cols = np.indices(mean.shape) - radius
+        distance = np.hypot(rows, cols)
+        profile = np.array([mean[(distance >= k - 0.5) & (distance < k + 0.5)].mean() for k in range(radius + 1)])
+        half = profile[0] / 2
+        below = np.nonzero(profile < half)[0]
+        if profile[0] <= 0 or not len(below):
+            return {"atom_fwhm_nm": None, "atom_contrast": None, "atoms_used": len(windows),
+                    "support_fine_roughness": fine}
+        k = int(below[0])
+        crossing = k - 1 + (profile[k - 1] - half) / (profile[k - 1] - profile[k])
+        return {"atom_fwhm_nm": float(2 * crossing * pixel_size),
+                "atom_contrast": float(np.median(contrasts)), "atoms_used": len(windows),
+                "support_fine_roughness": fine}
 
     def generate(self, layouts: Sequence[Any], rng: np.random.Generator) -> list[np.ndarray]:
         return [self.render(layout, rng) for layout in layouts]

@@ -26,6 +26,9 @@ UNET_PARAMS = {
     "scale_jitter": Param(0.15, float, min=0.0, max=0.5, help="random zoom of crops: factor in [1-s, 1+s]"),
     "normalise_percentiles": Param([1.0, 99.5], list, items=float, unit="%",
                                    help="per-image intensity percentiles mapped to 0 and 1"),
+    "background_nm": Param(None, float, min=0.0, unit="nm",
+                           help="subtract a Gaussian background of this width before normalising (atoms on an "
+                                "uneven support: a few atom widths); none by default"),
     "invert_dark_objects": Param(True, bool, help="invert images whose objects are darker than the support "
                                                   "(sample.particle_contrast: dark) so the network sees bright objects"),
     "tile_px": Param(256, int, min=16, max=8192, unit="px", help="inference tile side (working grid)"),

@@ -7,7 +7,8 @@ atom; peaks become points, small disks the labels, close atoms optionally one
 cluster.
 
 Every image is normalised by its own percentiles (so absolute intensity does
-not matter) and resampled to the working pixel size (``sample.pixel_size_nm``)
+not matter), optionally after subtracting its smooth background
+(``background_nm``: for atoms on an uneven support) and resampled to the working pixel size (``sample.pixel_size_nm``)
 before the network sees it; results are mapped back to the micrograph's grid.
 Inference runs on overlapping tiles blended with a smooth window, a batch of
 tiles at a time, under ``torch.inference_mode``, on CUDA when available.
@@ -91,8 +92,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool) -> np.ndarray:
-    """Robust intensity normalisation: the low/high percentiles map to 0/1 (not clipped)."""
+def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool,
+              background_px: float | None = None) -> np.ndarray:
+    """Robust intensity normalisation: the low/high percentiles map to 0/1 (not clipped).
+
+    With ``background_px`` a Gaussian-smoothed background of that width is
+    subtracted first, so only structure finer than it is left (vacuum edges,
+    thickness steps and uneven illumination go).
+    """
+    if background_px:
+        from scipy import ndimage
+        image = np.asarray(image, np.float32)
+        image = image - ndimage.gaussian_filter(image, float(background_px), mode="reflect")
     low, high = np.percentile(image, percentiles)
     scale = high - low if high > low else (float(np.std(image)) or 1.0)
     out = (np.asarray(image, np.float32) - low) / scale
@@ -135,9 +146,11 @@ class UNetSegmenter:
         self.sample = sample or Sample.from_dict({})
         self.mode = self._mode()
         self.working_pixel_size_nm = float(self.sample.pixel_size_nm)
+        background_nm = self.params["background_nm"]
         self.normalisation = {"percentiles": list(self.params["normalise_percentiles"]),
                               "invert": bool(self.params["invert_dark_objects"] and
-                                             self.sample.particle_contrast == "dark")}
+                                             self.sample.particle_contrast == "dark"),
+                              "background_px": background_nm / self.working_pixel_size_nm if background_nm else None}
         if len(self.normalisation["percentiles"]) != 2 or not (
                 0 <= self.normalisation["percentiles"][0] < self.normalisation["percentiles"][1] <= 100):
             raise InputError(f"normalise_percentiles must be [low, high] with 0 <= low < high <= 100, "
