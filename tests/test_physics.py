@@ -378,3 +378,33 @@ def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_
     # an uncalibrated image gives no width in nm: the declared parameters stay in use
     blind = model.fit([layouts[0].labels], [images[0].data])
     assert blind["atom_fwhm_nm"] is None and model.atom_fwhm_nm() == model.params["atom_fwhm_nm"]
+
+
+def test_particle_local_contrast_is_fitted_and_rendered_back():
+    from types import SimpleNamespace
+
+    from emcopilot.interfaces import Micrograph
+
+    sample = SimpleNamespace(kind="particles", modality="haadf-stem")
+    truth = REGISTRY.get("generator", "physical").create({"contrast_spread": 0.0}, sample)
+    truth.fitted = {"particle_contrast": 0.4, "support_fine_roughness": 0.03, "support_fine_sigma_nm": 2.0}
+    rng = np.random.default_rng(5)
+    spec = LayoutSpec("particles", 3.0, 0.2, 0.05)
+    layouts = [sample_layout(spec, (256, 256), 0.2, rng) for _ in range(3)]
+    # noise well above the texture: the offset comes from the noise curve (as the adapter measures it)
+    detector = adapter(dose_e_per_A2=50.0, offset_du=200.0, gain_du_per_e=2.0, read_noise_du=0.0,
+                       psf_fwhm_nm=0.0, **STILL)
+    images = [Micrograph(detector.apply(truth.render(layout, rng), 0.2, rng), pixel_size_nm=0.2)
+              for layout in layouts]
+    model = REGISTRY.get("generator", "physical").create({}, sample)
+    fitted = model.fit([layout.labels for layout in layouts], images)
+    assert fitted["particles_used"] > 20
+    assert fitted["particle_contrast"] == pytest.approx(0.4, rel=0.2)
+    assert fitted["support_fine_roughness"] == pytest.approx(0.03, rel=0.5)
+    # BF: particles are dips of that depth
+    bf = REGISTRY.get("generator", "physical").create({"contrast_spread": 0.0},
+                                                       SimpleNamespace(kind="particles", modality="bf-stem"))
+    bf.fitted = {"particle_contrast": 0.3}
+    clean = bf.render(layouts[0], rng)
+    inside = layouts[0].labels > 0
+    assert np.mean(clean[inside]) < np.median(clean[~inside])

@@ -140,6 +140,14 @@ def _atom_image(shape: tuple[int, int], atoms_px: np.ndarray, weights: np.ndarra
     return image.astype(np.float32)
 
 
+def _white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
+    """Pixel noise variance from the fourth difference along rows (cancels smooth texture; Σ w² = 70),
+    over the pixels of ``where`` (away from objects, whose edges are not noise)."""
+    fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
+    use = where[:, 2:-2] & where[:, :-4] & where[:, 4:]
+    return float(np.mean(fourth[use] ** 2)) / 70.0 if use.any() else 0.0
+
+
 def _dark_level(data: np.ndarray) -> float:
     """The detector's zero-signal level: the offset of the Poisson–Gaussian noise model when the noise
     grows with the signal, else the 0.5th percentile (vacuum in the frame)."""
@@ -196,7 +204,7 @@ class PhysicalGenerator:
     def _fine_to_total(self, field: np.ndarray, pixel_size_nm: float) -> float:
         """The rms of a unit field whose texture finer than the atom-scale background has the fitted rms."""
         from scipy import ndimage
-        sigma = 0.3 * LOCAL_BACKGROUND_NM / pixel_size_nm  # a Gaussian about as wide as fit()'s median window
+        sigma = self.fitted.get("support_fine_sigma_nm", 0.3 * LOCAL_BACKGROUND_NM) / pixel_size_nm
         fine = float(np.std(field - ndimage.gaussian_filter(field, sigma)))
         return self.fitted["support_fine_roughness"] / max(fine, 1e-6)
 
@@ -219,6 +227,33 @@ class PhysicalGenerator:
             if sigma > 0 else 1.0
         return _atom_image(layout.shape, atoms, contrast * under / peak_per_weight, fwhm_px)
 
+    def _local_particles(self, layout) -> bool:
+        return bool(self.params["match_contrast"] and self.fitted.get("particle_contrast")
+                    and layout.kind == "particles")
+
+    def _with_particles_at_local_contrast(self, objects, support, layout, rng) -> np.ndarray:
+        """Each particle's mean signal a fitted fraction above (HAADF) or below (BF) the support under it."""
+        from scipy import ndimage
+        labels = layout.labels
+        ids = np.unique(labels[labels > 0])
+        lut = np.zeros(int(labels.max()) + 1, np.float32)
+        if len(ids):
+            spread = self.params["contrast_spread"]
+            contrast = self.fitted["particle_contrast"] * np.exp(rng.uniform(-2 * spread, spread, len(ids)))
+            object_mean = np.asarray(ndimage.mean(objects, labels, ids))
+            level = np.asarray(ndimage.mean(support, labels, ids)) if self.modality == "haadf-stem" else 1.0
+            level = np.maximum(level, float(np.median(support)) * 0.05) if self.modality == "haadf-stem" else level
+            lut[ids] = np.where(object_mean > 0, contrast * level / np.maximum(object_mean, 1e-30), 0.0)
+        objects = objects * lut[labels]
+        if self.modality == "haadf-stem":
+            support += objects
+            support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
+            return support
+        support *= np.float32(-self.params["bf_attenuation_per_nm_Zn"])
+        np.exp(support, out=support)
+        support *= 1 - np.minimum(objects, np.float32(0.95))
+        return support
+
     def _local_atoms(self, layout) -> bool:
         return bool(self.params["match_contrast"] and self.fitted.get("atom_contrast")
                     and layout.kind != "particles" and layout.atoms is not None)
@@ -228,7 +263,7 @@ class PhysicalGenerator:
         # support mass-thickness Z_s^n·t·max(1 + roughness·field, 0), in place (float32 passes are the cost)
         support = _support_field(layout.shape, self.params["support_spectrum_beta"], rng)
         roughness = self.fitted.get("support_roughness") if self.params["match_contrast"] else None
-        if objects is None and self.fitted.get("support_fine_roughness") is not None:
+        if (objects is None or self._local_particles(layout)) and self.fitted.get("support_fine_roughness"):
             roughness = self._fine_to_total(support, layout.pixel_size_nm)
         support *= np.float32(self.params["support_roughness"] if roughness is None else min(roughness, 1.0))
         support += np.float32(1)
@@ -236,6 +271,8 @@ class PhysicalGenerator:
         if layout.support is not None:
             support[~layout.support] = 0
         support *= np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
+        if objects is not None and self._local_particles(layout):
+            return self._with_particles_at_local_contrast(objects, support, layout, rng)
         if self._local_atoms(layout):
             if self.modality == "haadf-stem":
                 support += self._atoms_at_local_contrast(layout, support, rng)
@@ -313,7 +350,49 @@ class PhysicalGenerator:
                        "images_used": len(ratios), "modality": self.modality}
         if self.kind != "particles":
             self.fitted.update(self._fit_atoms(label_maps, images))
+        else:
+            self.fitted.update(self._fit_particles(label_maps, images))
         return dict(self.fitted)
+
+    def _fit_particles(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
+        """Each prior particle's mean signal over the support around it, and the support's texture.
+
+        The support under a particle is interpolated from its surroundings: a Gaussian average over
+        non-particle pixels, ``2×`` the median particle diameter wide (normalised convolution).
+        """
+        from scipy import ndimage
+
+        contrasts, fine_roughness, sigmas = [], [], []
+        for labels, image in zip(label_maps, images):
+            pixel_size = getattr(image, "pixel_size_nm", None)
+            data = np.asarray(getattr(image, "data", image), np.float64)
+            ids = np.unique(labels)
+            ids = ids[ids > 0]
+            if pixel_size is None or not len(ids):
+                continue
+            data = data - _dark_level(data)
+            if self.modality == "bf-stem":
+                data = -data
+            areas = np.asarray(ndimage.sum(np.ones_like(data), labels, ids))
+            sigma = max(2.0, 2.0 * float(np.median(2 * np.sqrt(areas / np.pi))))
+            outside = ~ndimage.binary_dilation(labels > 0, iterations=1)
+            weight = ndimage.gaussian_filter(outside.astype(np.float64), sigma)
+            background = ndimage.gaussian_filter(np.where(outside, data, 0.0), sigma) / np.maximum(weight, 1e-3)
+            level = np.abs(np.asarray(ndimage.mean(background, labels, ids)))
+            inside = np.asarray(ndimage.mean(data, labels, ids)) - np.asarray(ndimage.mean(background, labels, ids))
+            good = level > 0
+            contrasts.extend((inside[good] / level[good]).tolist())
+            texture = float(np.var((data - background)[outside])) - _white_noise_variance(data, outside)
+            support_level = abs(float(np.median(background[outside])))
+            if support_level > 0:
+                fine_roughness.append(math.sqrt(max(texture, 0.0)) / support_level)
+                sigmas.append(sigma * pixel_size)
+        if len(contrasts) < 5:
+            return {"particle_contrast": None, "particles_used": len(contrasts)}
+        contrast = float(np.median(contrasts))
+        return {"particle_contrast": contrast if contrast > 0 else None, "particles_used": len(contrasts),
+                "support_fine_roughness": float(np.median(fine_roughness)) if fine_roughness else None,
+                "support_fine_sigma_nm": float(np.median(sigmas)) if sigmas else None}
 
     def _fit_atoms(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
         """Apparent FWHM and local peak contrast of the prior's atoms (pooled over images)."""
@@ -335,9 +414,8 @@ class PhysicalGenerator:
             size = max(5, int(round(LOCAL_BACKGROUND_NM / pixel_size)) | 1)  # the support under an atom
             background = ndimage.gaussian_filter(ndimage.median_filter(data, size=size), size / 7)
             radius = max(3, int(math.ceil(0.3 / pixel_size)))
-            fine = (data - background)[~ndimage.binary_dilation(labels > 0, iterations=2)]
-            fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
-            texture = float(np.var(fine)) - float(np.mean(fourth ** 2)) / 70.0  # minus white noise
+            away = ~ndimage.binary_dilation(labels > 0, iterations=2)
+            texture = float(np.var((data - background)[away])) - _white_noise_variance(data, away)
             level = float(np.median(background[labels == 0]))
             if level > 0:
                 fine_roughness.append(math.sqrt(max(texture, 0.0)) / level)
