@@ -6,6 +6,11 @@ as a user would (a subprocess), and reports the wall time, images measured, fail
 listed in errors.csv and the exit status. Usage:
 
     python benchmarks/batch_robustness.py --images 1000 --corrupt 0.05 [--workers 2] [--model DIR]
+    python benchmarks/batch_robustness.py --images 200 --side-px 1024 --corrupt 0 --scheduler local --workers 2
+
+``--scheduler local`` starts a dask.distributed ``LocalCluster`` of ``--workers`` processes (one
+thread each) first and hands its address to ``segment --scheduler`` (the cluster's start-up is
+not timed: it stands for a cluster that is already running).
 
 Without --model the `classical` segmenter of the nanoparticles-haadf recipe is used.
 """
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/results/batch_robustness"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_robustness.json"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheduler", help="'local' (start a LocalCluster) or the address of a running one")
     args = parser.parse_args()
     inputs = args.work / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -87,11 +93,23 @@ def main() -> None:
     model = args.model or classical_model(args.work)
     command = [sys.executable, "-m", "emcopilot", "segment", "--model", str(model), "--input", str(inputs),
                "--out", str(args.work / "run"), "--no-progress"]
-    if args.workers:
+    cluster = None
+    if args.scheduler == "local":
+        from dask.distributed import LocalCluster
+        cluster = LocalCluster(n_workers=args.workers or 2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        command += ["--scheduler", cluster.scheduler_address]
+    elif args.scheduler:
+        command += ["--scheduler", args.scheduler]
+    elif args.workers:
         command += ["--workers", str(args.workers)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    if cluster is not None:
+        cluster.close()
+    if result.returncode not in (0, 3):
+        sys.exit(f"segment failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
     with open(args.work / "run" / "errors.csv") as handle:
         failed = sorted(Path(row["path"].split(" (")[0]).name for row in csv.DictReader(handle))
     run = json.loads((args.work / "run" / "run.json").read_text())
@@ -99,6 +117,7 @@ def main() -> None:
               "failures_listed": len(failed), "all_corrupt_listed": sorted(corrupted) == failed,
               "exit_status": result.returncode, "wall_s": round(wall, 1),
               "images_per_s": round(len(run["images"]) / wall, 2), "workers": args.workers,
+              "scheduler": args.scheduler, "side_px": args.side_px,
               "model": str(model), "command": " ".join(command)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

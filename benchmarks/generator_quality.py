@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("data", nargs="?", default="../shared/data", help="the shared data folder")
     parser.add_argument("--out", default="benchmarks/results/generator_quality.json")
     parser.add_argument("--png", action="store_true", help="also write a montage PNG next to the JSON")
-    parser.add_argument("--recipe", default="nanoparticles-haadf", help="recipe giving the pix2pix params and budget")
+    parser.add_argument("--recipe", default="nanoparticles-haadf-gan", help="recipe giving the pix2pix params and budget")
     parser.add_argument("--profile", default="fast")
     parser.add_argument("--steps", type=int, help="override the profile's generator_steps")
     parser.add_argument("--width", type=int, default=16, help="pix2pix width (narrow net for CPU)")

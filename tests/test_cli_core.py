@@ -12,7 +12,7 @@ from emcopilot.cli import main
 from emcopilot.plugins import SLOTS
 from emcopilot.recipe import recipe_index
 
-BUILTIN_RECIPES = ["nanoparticles-haadf", "nanoparticles-bf-stem", "subnm-clusters-haadf",
+BUILTIN_RECIPES = ["nanoparticles-haadf", "nanoparticles-haadf-gan", "nanoparticles-bf-stem", "subnm-clusters-haadf",
                    "single-atom-catalyst-haadf"]
 
 

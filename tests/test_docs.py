@@ -18,3 +18,16 @@ def test_readme_starts_with_run_and_test_commands():
 
 def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_recipe_examples_validate(tmp_path):
+    import re
+
+    from emcopilot.recipe import load_recipe
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert blocks
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"example{index}.yaml"
+        path.write_text(block)
+        load_recipe(str(path))  # raises with file:line: key on any mistake

@@ -20,7 +20,7 @@ from emcopilot.recipe import load_recipe  # noqa: E402
 
 TINY = """\
 name: tiny-haadf
-base: nanoparticles-haadf
+base: nanoparticles-haadf-gan
 generator:
   plugin: pix2pix
   params: {{width: 4, depth: 2, validate_every: 2, validation_crops: 2}}
