@@ -38,6 +38,15 @@ stands that far above the support under it (± ``atom_spread`` per atom), so
 the adapter's fitted dose gives the real signal-to-noise. The prior finds
 the brighter atoms first, so the fitted contrast is if anything high; the
 spread reaches down to half of it.
+
+Particles likewise: ``fit`` measures each prior particle's mean signal over
+the support interpolated from around it (a Gaussian average of non-particle
+pixels two median diameters wide) and the support's texture at that scale
+(robust rms minus white noise); ``generate`` scales each particle to a
+contrast drawn from exp(U(-2s, s)) times the fitted one (s =
+``contrast_spread``) over the support under it, and gives the support
+field that texture. The large-scale support (thickness steps, vacuum) is
+left to the segmenter's background subtraction.
 """
 from __future__ import annotations
 
@@ -146,6 +155,13 @@ def _white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
     fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
     use = where[:, 2:-2] & where[:, :-4] & where[:, 4:]
     return float(np.mean(fourth[use] ** 2)) / 70.0 if use.any() else 0.0
+
+
+def _robust_variance(values: np.ndarray) -> float:
+    """(1.4826 MAD)²: the objects the prior missed are outliers of the support, not its texture."""
+    if not values.size:
+        return 0.0
+    return float((1.4826 * np.median(np.abs(values - np.median(values)))) ** 2)
 
 
 def _dark_level(data: np.ndarray) -> float:
@@ -382,7 +398,7 @@ class PhysicalGenerator:
             inside = np.asarray(ndimage.mean(data, labels, ids)) - np.asarray(ndimage.mean(background, labels, ids))
             good = level > 0
             contrasts.extend((inside[good] / level[good]).tolist())
-            texture = float(np.var((data - background)[outside])) - _white_noise_variance(data, outside)
+            texture = _robust_variance((data - background)[outside]) - _white_noise_variance(data, outside)
             support_level = abs(float(np.median(background[outside])))
             if support_level > 0:
                 fine_roughness.append(math.sqrt(max(texture, 0.0)) / support_level)
@@ -415,7 +431,7 @@ class PhysicalGenerator:
             background = ndimage.gaussian_filter(ndimage.median_filter(data, size=size), size / 7)
             radius = max(3, int(math.ceil(0.3 / pixel_size)))
             away = ~ndimage.binary_dilation(labels > 0, iterations=2)
-            texture = float(np.var((data - background)[away])) - _white_noise_variance(data, away)
+            texture = _robust_variance((data - background)[away]) - _white_noise_variance(data, away)
             level = float(np.median(background[labels == 0]))
             if level > 0:
                 fine_roughness.append(math.sqrt(max(texture, 0.0)) / level)
