@@ -161,7 +161,9 @@ def _frames(data: Any) -> Iterator[tuple[int | None, Any]]:
 
 def _materialise(data: Any, label: str, module_name: str) -> np.ndarray:
     try:
-        return np.asarray(data.compute() if hasattr(data, "compute") else data)
+        # synchronous: inside a dask.distributed worker the default scheduler would be the cluster,
+        # which cannot ship the reader's open file handle
+        return np.asarray(data.compute(scheduler="synchronous") if hasattr(data, "compute") else data)
     except Exception as error:  # truncated data surfaces only when the pixels are read
         raise ReadError(f"{label}: {module_name} could not read the pixels: {type(error).__name__}: {error}") from None
 

@@ -58,3 +58,21 @@ def test_local_dask_cluster_matches_serial(batch, tmp_path):
     serial = pd.read_csv(tmp_path / "serial" / "particles.csv")
     parallel = pd.read_csv(tmp_path / "dask" / "particles.csv")
     pd.testing.assert_frame_equal(serial, parallel)
+
+
+def test_existing_cluster_reads_lazy_files_on_the_workers(batch, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    from emcopilot.demo import write_calibrated_tiff
+
+    inputs = tmp_path / "tiffs"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(3):  # rosettasciio reads TIFFs lazily: the pixels are computed on the worker
+        write_calibrated_tiff(inputs / f"t{index}.tif", (40 + rng.normal(0, 4, (64, 64))).astype(np.float32), 0.1)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        code = main(["segment", "--model", str(batch / "model"), "--input", str(inputs), "--out",
+                     str(tmp_path / "out"), "--no-progress", "--scheduler", cluster.scheduler_address])
+        logs = "\n".join(message for worker in client.get_worker_logs().values() for _, message in worker)
+    assert code == 0
+    assert "Failed to serialize" not in logs  # a lazy read must not try to ship its open file to the cluster
