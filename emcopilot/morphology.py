@@ -2,7 +2,7 @@
 
 :class:`MorphologyPrior` is fitted to the instances a prior extractor found
 (:meth:`MorphologyPrior.fit`) and summarises them as distributions: a lognormal
-size in nm, aspect ratio and circularity, number density per nm², contrast
+size in nm, aspect ratio and circularity, number density per nm² of support, contrast
 against the local background, and a bank of example outlines. It is saved as
 JSON (``prior.json``) and turned into a :class:`emcopilot.layout.LayoutSpec`
 (:meth:`MorphologyPrior.layout_spec`) from which new label maps are drawn
@@ -238,7 +238,9 @@ class MorphologyPrior:
         for instances, micrograph in zip(instances_list, micrographs):
             pixel_size_nm = _pixel_size_of(micrograph, instances, sample)
             pixel_sizes.append(pixel_size_nm)
-            area_nm2 += micrograph.data.size * pixel_size_nm ** 2
+            # objects sit on the support: their density is per support area, not per frame (vacuum)
+            dark_objects = getattr(sample, "particle_contrast", "bright") == "dark"
+            area_nm2 += micrograph.data.size * pixel_size_nm ** 2 * support_fraction(micrograph.data, dark_objects)
             if instances.points is not None and len(instances.points) > 1:
                 from scipy.spatial import cKDTree
                 distances, _ = cKDTree(instances.points).query(instances.points, k=2)
@@ -350,6 +352,38 @@ class MorphologyPrior:
         """Draw a new layout (label map and per-object attributes) from this prior."""
         from .layout import sample_layout
         return sample_layout(self.layout_spec(), shape, pixel_size_nm, rng)
+
+
+#: Share of a frame below which the support estimate is not trusted (a nearly empty frame).
+MIN_SUPPORT_FRACTION = 0.1
+#: Vacuum differs from the support by at least this share of the support level (else: no vacuum).
+VACUUM_CONTRAST = 0.3
+
+
+def support_fraction(image: np.ndarray, dark_objects: bool = False) -> float:
+    """The share of the frame covered by specimen rather than vacuum.
+
+    The frame is smoothed to a hundredth of its side (particles and noise
+    vanish, support and vacuum stay); vacuum is the dark end in HAADF (the
+    bright end in bright field, ``dark_objects``). A pixel is support where the
+    smoothed signal is more than a quarter of the way from the vacuum level
+    (0.5th percentile) to a typical support level (75th percentile); a frame
+    whose darkest part is within 30 % of that level has no vacuum (1.0).
+    """
+    from scipy import ndimage
+
+    data = np.asarray(image, np.float32)
+    step = max(1, max(data.shape) // 512)  # block-average large frames first: same result, 16x faster
+    if step > 1:
+        rows, cols = data.shape[0] // step * step, data.shape[1] // step * step
+        data = data[:rows, :cols].reshape(rows // step, step, cols // step, step).mean(axis=(1, 3))
+    if dark_objects:
+        data = -data
+    smooth = ndimage.gaussian_filter(data, max(data.shape) / 100)
+    vacuum, support = np.percentile(smooth, [0.5, 75])
+    if not support - vacuum > VACUUM_CONTRAST * abs(support):  # no region much darker than the support
+        return 1.0
+    return float(max(MIN_SUPPORT_FRACTION, np.mean(smooth > vacuum + 0.25 * (support - vacuum))))
 
 
 def _touching_ids(labels: np.ndarray) -> set[int]:

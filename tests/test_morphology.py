@@ -122,3 +122,18 @@ def test_layout_spec_and_sample_draw_from_the_prior():
     assert drawn == pytest.approx(prior.diameter_nm_median, rel=0.35)
     again = prior.sample((256, 256), 0.2, np.random.default_rng(0))
     assert (again.labels == layout.labels).all()
+
+
+def test_density_counts_support_area_not_vacuum():
+    from emcopilot.morphology import support_fraction
+
+    labels, image = ellipses(seed=2)
+    labels[:, 200:] = 0
+    image = image.copy()
+    image[:, 200:] = 0.05  # vacuum: the right half of the frame holds no specimen
+    assert support_fraction(image) == pytest.approx(0.5, abs=0.05)
+    assert support_fraction(np.where(labels > 0, 3.0, 1.0)) == 1.0  # support everywhere
+    assert support_fraction(2.0 - image, dark_objects=True) == pytest.approx(0.5, abs=0.05)  # BF: vacuum bright
+    prior = MorphologyPrior.fit([Instances(labels=labels)], [Micrograph(image, pixel_size_nm=0.2)], sample=SAMPLE)
+    count = len(np.unique(labels[labels > 0]))
+    assert prior.number_density_per_nm2 == pytest.approx(count / (400 * 200 * 0.04), rel=0.1)
