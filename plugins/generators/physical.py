@@ -356,10 +356,7 @@ class PhysicalGenerator:
             if background <= 0:
                 continue
             ratios.append((float(np.mean(data[inside])) - dark) / background)
-            fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
-            outside = ~inside[:, 2:-2]
-            noise_variance = float(np.mean(fourth[outside] ** 2)) / 70.0  # Σ weights² = 70
-            texture = float(np.var(data[:, 2:-2][outside])) - noise_variance
+            texture = float(np.var(data[~inside])) - _white_noise_variance(data, ~inside)
             roughness.append(math.sqrt(max(texture, 0.0)) / background)
         self.fitted = {"object_to_background_ratio": float(np.median(ratios)) if ratios else None,
                        "support_roughness": float(np.median(roughness)) if roughness else None,
@@ -369,6 +366,11 @@ class PhysicalGenerator:
         else:
             self.fitted.update(self._fit_particles(label_maps, images))
         return dict(self.fitted)
+
+    def _signal(self, data: np.ndarray) -> np.ndarray:
+        """Signal above the detector's dark level, objects positive (BF inverted)."""
+        data = data - _dark_level(data)
+        return -data if self.modality == "bf-stem" else data
 
     def _fit_particles(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
         """Each prior particle's mean signal over the support around it, and the support's texture.
@@ -386,9 +388,7 @@ class PhysicalGenerator:
             ids = ids[ids > 0]
             if pixel_size is None or not len(ids):
                 continue
-            data = data - _dark_level(data)
-            if self.modality == "bf-stem":
-                data = -data
+            data = self._signal(data)
             areas = np.asarray(ndimage.sum(np.ones_like(data), labels, ids))
             sigma = max(2.0, 2.0 * float(np.median(2 * np.sqrt(areas / np.pi))))
             outside = ~ndimage.binary_dilation(labels > 0, iterations=1)
@@ -424,9 +424,7 @@ class PhysicalGenerator:
             ids = ids[ids > 0]
             if not len(ids):
                 continue
-            data = data - _dark_level(data)
-            if self.modality == "bf-stem":
-                data = -data
+            data = self._signal(data)
             size = max(5, int(round(LOCAL_BACKGROUND_NM / pixel_size)) | 1)  # the support under an atom
             background = ndimage.gaussian_filter(ndimage.median_filter(data, size=size), size / 7)
             radius = max(3, int(math.ceil(0.3 / pixel_size)))
