@@ -354,23 +354,31 @@ def test_registration_is_light():
     assert "defocus_nm" in described["bf-stem"].params and "defocus_nm" not in described["haadf-stem"].params
 
 
-def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_back():
+def _round_trip(kind, fitted, spec, pixel_size_nm, count, dose_e_per_A2, offset_du, seed, **truth_params):
+    """Render ``count`` layouts at known fitted values, record them with a still detector, fit a fresh model.
+
+    Returns (fitted values, layouts, micrographs, the fresh model, rng)."""
     from types import SimpleNamespace
 
     from emcopilot.interfaces import Micrograph
 
-    sample = SimpleNamespace(kind="atoms", modality="haadf-stem")
-    truth = REGISTRY.get("generator", "physical").create({"atom_spread": 0.0}, sample)
-    truth.fitted = {"atom_fwhm_nm": 0.15, "atom_contrast": 0.3, "support_fine_roughness": 0.02}
-    rng = np.random.default_rng(3)
-    spec = LayoutSpec("atoms", 0.28, 0.0, 0.3)
-    layouts = [sample_layout(spec, (256, 256), 0.03, rng) for _ in range(4)]
-    detector = adapter(dose_e_per_A2=5e4, offset_du=500.0, gain_du_per_e=2.0, read_noise_du=0.0, psf_fwhm_nm=0.0,
-                       **STILL)
-    images = [Micrograph(detector.apply(truth.render(layout, rng), 0.03, rng), pixel_size_nm=0.03)
+    sample = SimpleNamespace(kind=kind, modality="haadf-stem")
+    truth = REGISTRY.get("generator", "physical").create(truth_params, sample)
+    truth.fitted = fitted
+    rng = np.random.default_rng(seed)
+    layouts = [sample_layout(spec, (256, 256), pixel_size_nm, rng) for _ in range(count)]
+    detector = adapter(dose_e_per_A2=dose_e_per_A2, offset_du=offset_du, gain_du_per_e=2.0, read_noise_du=0.0,
+                       psf_fwhm_nm=0.0, **STILL)
+    images = [Micrograph(detector.apply(truth.render(layout, rng), pixel_size_nm, rng), pixel_size_nm=pixel_size_nm)
               for layout in layouts]
     model = REGISTRY.get("generator", "physical").create({}, sample)
-    fitted = model.fit([layout.labels for layout in layouts], images)
+    return model.fit([layout.labels for layout in layouts], images), layouts, images, model, rng
+
+
+def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_back():
+    fitted, layouts, images, model, _ = _round_trip(
+        "atoms", {"atom_fwhm_nm": 0.15, "atom_contrast": 0.3, "support_fine_roughness": 0.02},
+        LayoutSpec("atoms", 0.28, 0.0, 0.3), 0.03, 4, 5e4, 500.0, 3, atom_spread=0.0)
     assert fitted["atoms_used"] > 50
     assert fitted["atom_fwhm_nm"] == pytest.approx(0.15, rel=0.15)
     assert fitted["atom_contrast"] == pytest.approx(0.3, rel=0.25)  # the local median sees a little of the atom
@@ -383,21 +391,10 @@ def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_
 def test_particle_local_contrast_is_fitted_and_rendered_back():
     from types import SimpleNamespace
 
-    from emcopilot.interfaces import Micrograph
-
-    sample = SimpleNamespace(kind="particles", modality="haadf-stem")
-    truth = REGISTRY.get("generator", "physical").create({"contrast_spread": 0.0}, sample)
-    truth.fitted = {"particle_contrast": 0.4, "support_fine_roughness": 0.03, "support_fine_sigma_nm": 2.0}
-    rng = np.random.default_rng(5)
-    spec = LayoutSpec("particles", 3.0, 0.2, 0.05)
-    layouts = [sample_layout(spec, (256, 256), 0.2, rng) for _ in range(3)]
     # noise well above the texture: the offset comes from the noise curve (as the adapter measures it)
-    detector = adapter(dose_e_per_A2=50.0, offset_du=200.0, gain_du_per_e=2.0, read_noise_du=0.0,
-                       psf_fwhm_nm=0.0, **STILL)
-    images = [Micrograph(detector.apply(truth.render(layout, rng), 0.2, rng), pixel_size_nm=0.2)
-              for layout in layouts]
-    model = REGISTRY.get("generator", "physical").create({}, sample)
-    fitted = model.fit([layout.labels for layout in layouts], images)
+    fitted, layouts, _, _, rng = _round_trip(
+        "particles", {"particle_contrast": 0.4, "support_fine_roughness": 0.03, "support_fine_sigma_nm": 2.0},
+        LayoutSpec("particles", 3.0, 0.2, 0.05), 0.2, 3, 50.0, 200.0, 5, contrast_spread=0.0)
     assert fitted["particles_used"] > 20
     assert fitted["particle_contrast"] == pytest.approx(0.4, rel=0.2)
     assert fitted["support_fine_roughness"] == pytest.approx(0.03, rel=0.5)

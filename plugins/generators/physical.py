@@ -238,9 +238,8 @@ class PhysicalGenerator:
         cols = np.clip(np.round(atoms[:, 1]).astype(int), 0, layout.shape[1] - 1)
         # the support's level under each atom (a floor where the field dips to a hole)
         under = np.maximum(level[rows, cols], float(np.median(level)) * 0.05)
-        sigma = fwhm_px / (2 * math.sqrt(2 * math.log(2)))
         peak_per_weight = float(_atom_image((9, 9), np.array([[4.0, 4.0]]), np.ones(1), fwhm_px)[4, 4]) \
-            if sigma > 0 else 1.0
+            if fwhm_px > 0 else 1.0
         return _atom_image(layout.shape, atoms, contrast * under / peak_per_weight, fwhm_px)
 
     def _local_particles(self, layout) -> bool:
@@ -257,8 +256,9 @@ class PhysicalGenerator:
             spread = self.params["contrast_spread"]
             contrast = self.fitted["particle_contrast"] * np.exp(rng.uniform(-2 * spread, spread, len(ids)))
             object_mean = np.asarray(ndimage.mean(objects, labels, ids))
-            level = np.asarray(ndimage.mean(support, labels, ids)) if self.modality == "haadf-stem" else 1.0
-            level = np.maximum(level, float(np.median(support)) * 0.05) if self.modality == "haadf-stem" else level
+            level = 1.0  # BF: a relative dip
+            if self.modality == "haadf-stem":  # the support under each particle (a floor over holes)
+                level = np.maximum(np.asarray(ndimage.mean(support, labels, ids)), float(np.median(support)) * 0.05)
             lut[ids] = np.where(object_mean > 0, contrast * level / np.maximum(object_mean, 1e-30), 0.0)
         objects = objects * lut[labels]
         if self.modality == "haadf-stem":
@@ -428,15 +428,16 @@ class PhysicalGenerator:
             size = max(5, int(round(LOCAL_BACKGROUND_NM / pixel_size)) | 1)  # the support under an atom
             background = ndimage.gaussian_filter(ndimage.median_filter(data, size=size), size / 7)
             radius = max(3, int(math.ceil(0.3 / pixel_size)))
+            residual = data - background
             away = ~ndimage.binary_dilation(labels > 0, iterations=2)
-            texture = _robust_variance((data - background)[away]) - _white_noise_variance(data, away)
-            level = float(np.median(background[labels == 0]))
-            if level > 0:
-                fine_roughness.append(math.sqrt(max(texture, 0.0)) / level)
+            texture = _robust_variance(residual[away]) - _white_noise_variance(data, away)
+            support_level = float(np.median(background[labels == 0]))
+            if support_level > 0:
+                fine_roughness.append(math.sqrt(max(texture, 0.0)) / support_level)
             centres = np.round(ndimage.center_of_mass(labels > 0, labels, ids)).astype(int).reshape(-1, 2)
             inside = np.all((centres >= radius) & (centres < np.array(data.shape) - radius), axis=1)
             for row, col in centres[inside]:
-                window = (data - background)[row - radius:row + radius + 1, col - radius:col + radius + 1]
+                window = residual[row - radius:row + radius + 1, col - radius:col + radius + 1]
                 level = abs(float(background[row, col]))
                 if level > 0:
                     windows.append(window)
@@ -446,7 +447,7 @@ class PhysicalGenerator:
             return {"atom_fwhm_nm": None, "atom_contrast": None, "atoms_used": len(windows)}
         fine = float(np.median(fine_roughness)) if fine_roughness else None
         pixel_size = float(np.median(pixel_sizes))
-        mean = np.mean([w for w, p in zip(windows, pixel_sizes) if w.shape == windows[0].shape], axis=0)
+        mean = np.mean([w for w in windows if w.shape == windows[0].shape], axis=0)
         radius = mean.shape[0] // 2
         rows, cols = np.indices(mean.shape) - radius
         distance = np.hypot(rows, cols)
