@@ -405,3 +405,48 @@ def test_particle_local_contrast_is_fitted_and_rendered_back():
     clean = bf.render(layouts[0], rng)
     inside = layouts[0].labels > 0
     assert np.mean(clean[inside]) < np.median(clean[~inside])
+
+
+def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_path):
+    """``support: real``: the bank keeps the real support (its grains) without prior or missed particles."""
+    from types import SimpleNamespace
+
+    from emcopilot.interfaces import Micrograph
+
+    sample = SimpleNamespace(kind="particles", modality="haadf-stem")
+    rng = np.random.default_rng(11)
+    rows, cols = np.mgrid[:600, :600]
+    grains = 1.0 + 0.3 * np.sin(rows / 40.0) * np.cos(cols / 55.0)  # smooth support texture
+    centres = rng.uniform(20, 580, size=(40, 2))
+    discs = np.zeros((600, 600))
+    labels = np.zeros((600, 600), np.int32)
+    for index, (row, col) in enumerate(centres, start=1):
+        inside = (rows - row) ** 2 + (cols - col) ** 2 <= 6 ** 2
+        discs[inside] = 0.6
+        if index <= 30:  # the prior found 30 of the 40 particles
+            labels[inside & (labels == 0)] = index
+    grains[:, :30] = 0.0  # a strip of vacuum gives the dark level
+    data = 100 + 1000 * (grains + discs) + rng.normal(0, 5, (600, 600))
+    model = REGISTRY.get("generator", "physical").create({"support": "real", "contrast_spread": 0.0}, sample)
+    fitted = model.fit([labels], [Micrograph(data.astype(np.float32), pixel_size_nm=0.2)])
+    assert fitted["support_crops"] == 4 and fitted["particle_contrast"] > 0.3
+    assert all(crop.shape == (512, 512) and crop.dtype == np.float16 for crop in model.bank)
+    # every disc, found or missed, is gone: the crops stay within the grains' range (relative to the median)
+    for crop in model.bank:
+        assert float(np.percentile(crop, 99.9)) < 1.4
+    # the grains are still there
+    assert float(np.std(np.asarray(model.bank[0], np.float32))) > 0.1
+    # rendered particles stand the fitted contrast above the real support under them
+    layout = disc_layout((256, 256), [(64, 64), (128, 190), (200, 80)], 8, [78, 78, 78], pixel_size_nm=0.2)
+    clean = model.render(layout, np.random.default_rng(1))
+    assert clean.shape == (256, 256) and np.isfinite(clean).all() and clean.min() >= 0
+    inside = layout.labels > 0
+    assert np.mean(clean[inside]) > 1.2 * np.median(clean[~inside])
+    # the bank travels with the model (no pickles) and a field model ignores it
+    model.save(tmp_path)
+    again = REGISTRY.get("generator", "physical").create({"support": "real"}, sample)
+    again.load(tmp_path)
+    assert len(again.bank) == 4 and np.array_equal(again.bank[2], model.bank[2])
+    (tmp_path / physical_plugin.SUPPORT_BANK_FILE).write_bytes(b"not an npz")
+    with pytest.raises(InputError, match="support bank"):
+        again.load(tmp_path)

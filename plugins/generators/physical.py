@@ -47,6 +47,15 @@ contrast drawn from exp(U(-2s, s)) times the fitted one (s =
 ``contrast_spread``) over the support under it, and gives the support
 field that texture. The large-scale support (thickness steps, vacuum) is
 left to the segmenter's background subtraction.
+
+With ``support: real`` the particles are rendered instead on the lab's own
+support: ``fit`` keeps up to :data:`SUPPORT_CROPS_PER_IMAGE` crops of each
+real micrograph (on the working grid, relative to its support level) in
+which the prior's particles, and any other particle-scale bright excess
+over :data:`MISSED_OBJECT_SIGMA` robust standard deviations, are replaced by
+the support interpolated from around them (plus white noise at the image's
+level). Grains, thickness steps, vacuum edges and the detector's texture are
+then the real ones; only the particles and their labels are drawn.
 """
 from __future__ import annotations
 
@@ -64,6 +73,15 @@ MODALITIES = ("haadf-stem", "bf-stem")
 #: The support level under an atom is the median over this width around it (fit) — the atom scale.
 LOCAL_BACKGROUND_NM = 0.6
 CONFIG_FILE = "physical_generator.json"
+#: Real supports (``support: real``): emptied crops of the real micrographs, this many pixels on a side ...
+SUPPORT_CROP_PX = 512
+#: ... at most this many per micrograph, kept in this file next to the config (float16, no pickles).
+SUPPORT_CROPS_PER_IMAGE = 4
+SUPPORT_BANK_FILE = "support_bank.npz"
+#: Pixels whose particle-scale residual over the interpolated support exceeds this many robust standard
+#: deviations are objects the prior missed; they are emptied too, so the bank teaches no missed particle
+#: as background.
+MISSED_OBJECT_SIGMA = 3.0
 
 PARAMS = {
     "modality": Param(None, str, choices=MODALITIES, help="default: the recipe's sample modality"),
@@ -85,6 +103,9 @@ PARAMS = {
                                              "and support roughness"),
     "contrast_spread": Param(0.2, float, min=0.0, max=2.0,
                              help="log-normal spread of the matched contrast between images"),
+    "support": Param("field", str, choices=("field", "real"),
+                     help="after fit(): render on a 1/f^β random field, or on the real micrographs' own support "
+                          "with every prior (and other bright) object emptied out (BF: particles only)"),
     "atom_spread": Param(0.3, float, min=0.0, max=2.0,
                          help="atoms and clusters, after fit(): log-normal spread of each atom's fitted local "
                               "contrast, and of the fitted apparent width between images"),
@@ -179,6 +200,24 @@ def _dark_level(data: np.ndarray) -> float:
     return low
 
 
+def _support_under(data: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
+    """The smooth level of ``data`` from the ``known`` pixels only, everywhere: normalised Gaussian
+    convolution of width ``sigma``, widened (x2 per step) where too few known pixels are near."""
+    from scipy import ndimage
+
+    known = np.asarray(known, bool)
+    values = np.where(known, data, 0.0)
+    out = np.full(data.shape, np.nan)
+    sigma = max(1.0, float(sigma))
+    while np.isnan(out).any() and sigma < 4 * max(data.shape):
+        weight = ndimage.gaussian_filter(known.astype(np.float64), sigma)
+        smooth = ndimage.gaussian_filter(values, sigma) / np.maximum(weight, 1e-12)
+        take = np.isnan(out) & (weight > 0.2)
+        out[take] = smooth[take]
+        sigma *= 2
+    return np.where(np.isnan(out), float(np.median(data[known])) if known.any() else 0.0, out)
+
+
 class PhysicalGenerator:
     """Renders clean images from layouts; see the module docstring for the physics."""
 
@@ -191,6 +230,7 @@ class PhysicalGenerator:
         self.modality = modality
         self.kind = getattr(sample, "kind", "particles") or "particles"
         self.fitted: dict[str, Any] = {}
+        self.bank: list[np.ndarray] = []  # support crops (``support: real``)
 
     # ------------------------------------------------------------------ rendering
 
@@ -246,8 +286,12 @@ class PhysicalGenerator:
         return bool(self.params["match_contrast"] and self.fitted.get("particle_contrast")
                     and layout.kind == "particles")
 
-    def _with_particles_at_local_contrast(self, objects, support, layout, rng) -> np.ndarray:
-        """Each particle's mean signal a fitted fraction above (HAADF) or below (BF) the support under it."""
+    def _with_particles_at_local_contrast(self, objects, support, layout, rng, floor=None) -> np.ndarray:
+        """Each particle's mean signal a fitted fraction above (HAADF) or below (BF) the support under it.
+
+        HAADF: the support under each particle is its level, at least ``floor`` (default 5 % of the
+        median: a floor over holes). ``support=None`` returns the particles' relative BF dips alone.
+        """
         from scipy import ndimage
         labels = layout.labels
         ids = np.unique(labels[labels > 0])
@@ -257,10 +301,13 @@ class PhysicalGenerator:
             contrast = self.fitted["particle_contrast"] * np.exp(rng.uniform(-2 * spread, spread, len(ids)))
             object_mean = np.asarray(ndimage.mean(objects, labels, ids))
             level = 1.0  # BF: a relative dip
-            if self.modality == "haadf-stem":  # the support under each particle (a floor over holes)
-                level = np.maximum(np.asarray(ndimage.mean(support, labels, ids)), float(np.median(support)) * 0.05)
+            if self.modality == "haadf-stem" and support is not None:
+                floor = float(np.median(support)) * 0.05 if floor is None else floor
+                level = np.maximum(np.asarray(ndimage.mean(support, labels, ids)), floor)
             lut[ids] = np.where(object_mean > 0, contrast * level / np.maximum(object_mean, 1e-30), 0.0)
         objects = objects * lut[labels]
+        if support is None:
+            return objects
         if self.modality == "haadf-stem":
             support += objects
             support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
@@ -275,6 +322,8 @@ class PhysicalGenerator:
                     and layout.kind != "particles" and layout.atoms is not None)
 
     def render(self, layout, rng: np.random.Generator) -> np.ndarray:
+        if self._real_support(layout):
+            return self._render_on_real_support(layout, rng)
         objects = None if self._local_atoms(layout) else self.object_mass_thickness(layout)
         # support mass-thickness Z_s^n·t·max(1 + roughness·field, 0), in place (float32 passes are the cost)
         support = _support_field(layout.shape, self.params["support_spectrum_beta"], rng)
@@ -308,6 +357,41 @@ class PhysicalGenerator:
         support += objects
         support *= np.float32(-self.params["bf_attenuation_per_nm_Zn"] * attenuation_scale)
         return np.exp(support, out=support)
+
+    def _real_support(self, layout) -> bool:
+        return bool(self.params["support"] == "real" and self.bank
+                    and (self._local_particles(layout) or self._local_atoms(layout) and self.modality == "haadf-stem"))
+
+    def _support_crop(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """A random crop of the support bank, randomly rotated and flipped (reflected where too small)."""
+        crop = self.bank[int(rng.integers(len(self.bank)))]
+        crop = np.rot90(crop, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        pad = [(0, max(0, want - have)) for want, have in zip(shape, crop.shape)]
+        if any(after for _, after in pad):
+            crop = np.pad(crop, pad, mode="symmetric")
+        row = int(rng.integers(crop.shape[0] - shape[0] + 1))
+        col = int(rng.integers(crop.shape[1] - shape[1] + 1))
+        return np.array(crop[row:row + shape[0], col:col + shape[1]], np.float32)
+
+    def _render_on_real_support(self, layout, rng: np.random.Generator) -> np.ndarray:
+        """The layout's particles at the fitted local contrast on a crop of the real support."""
+        support = self._support_crop(layout.shape, rng)
+        mass = np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
+        if self.modality == "haadf-stem":  # the crop in the field's units: mass-thickness ...
+            support *= mass
+            if self._local_atoms(layout):
+                support += self._atoms_at_local_contrast(layout, support, rng)
+                support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
+                return support
+            floor = 0.5 * float(np.median(support))  # a particle over vacuum keeps a visible signal
+            return self._with_particles_at_local_contrast(self.object_mass_thickness(layout), support, layout,
+                                                          rng, floor=floor)
+        dips = self._with_particles_at_local_contrast(self.object_mass_thickness(layout), None, layout, rng)
+        support *= np.float32(math.exp(-self.params["bf_attenuation_per_nm_Zn"] * float(mass)))  # ... transmission
+        support *= 1 - np.minimum(dips, np.float32(0.95))
+        return support
 
     def _contrast_scales(self, objects, support, layout, rng) -> tuple[float, float]:
         """(support scale for HAADF, attenuation scale for BF) matching the fitted contrast ratio."""
@@ -365,6 +449,8 @@ class PhysicalGenerator:
             self.fitted.update(self._fit_atoms(label_maps, images))
         else:
             self.fitted.update(self._fit_particles(label_maps, images))
+        self.bank = self._support_bank(label_maps, images) if self.params["support"] == "real" else []
+        self.fitted["support_crops"] = len(self.bank)
         return dict(self.fitted)
 
     def _signal(self, data: np.ndarray) -> np.ndarray:
@@ -409,6 +495,50 @@ class PhysicalGenerator:
         return {"particle_contrast": contrast if contrast > 0 else None, "particles_used": len(contrasts),
                 "support_fine_roughness": float(np.median(fine_roughness)) if fine_roughness else None,
                 "support_fine_sigma_nm": float(np.median(sigmas)) if sigmas else None}
+
+    def _support_bank(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> list[np.ndarray]:
+        """Crops of the real micrographs with their objects emptied, relative to each one's support level."""
+        from scipy import ndimage
+
+        rng = np.random.default_rng(0)
+        bank = []
+        for labels, image in zip(label_maps, images):
+            raw = np.asarray(getattr(image, "data", image), np.float64)
+            labels = np.asarray(labels)
+            dark = _dark_level(raw)
+            signal = raw - dark if self.modality == "haadf-stem" else dark - raw  # objects positive
+            ids = np.unique(labels[labels > 0])
+            areas = np.asarray(ndimage.sum(np.ones_like(raw), labels, ids)) if len(ids) else np.array([16.0])
+            diameter = max(2.0, float(np.median(2 * np.sqrt(areas / np.pi))))
+            grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
+            outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
+            # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
+            excess = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter)) - _support_under(signal, outside, diameter)
+            texture = math.sqrt(_robust_variance(excess[outside]))
+            missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
+            if count:
+                sizes = np.bincount(missed.ravel())
+                compact = sizes <= math.pi / 4 * (3 * diameter) ** 2
+                compact[0] = False
+                outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
+            if not outside.any():
+                continue
+            level = float(np.median(np.abs(raw - dark)[outside]))
+            if level <= 0:
+                continue
+            # the emptied pixels: the support interpolated from their rim, with the support's own roughness
+            spread = math.sqrt(_robust_variance((signal - _support_under(signal, outside, diameter))[outside]))
+            support = _support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
+            filled = np.where(outside, signal, support)
+            if self.modality != "haadf-stem":
+                filled = -filled
+            filled = np.maximum(filled / level, 0.0).astype(np.float16)
+            rows, cols = filled.shape
+            side = min(SUPPORT_CROP_PX, rows, cols)
+            for _ in range(SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1):
+                row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
+                bank.append(filled[row:row + side, col:col + side].copy())
+        return bank
 
     def _fit_atoms(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
         """Apparent FWHM and local peak contrast of the prior's atoms (pooled over images)."""
@@ -471,6 +601,8 @@ class PhysicalGenerator:
         directory.mkdir(parents=True, exist_ok=True)
         config = {"params": self.params, "modality": self.modality, "fitted": self.fitted}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        if self.bank:
+            np.savez_compressed(directory / SUPPORT_BANK_FILE, **{f"crop{i:04d}": c for i, c in enumerate(self.bank)})
 
     def load(self, directory: Path) -> None:
         path = Path(directory) / CONFIG_FILE
@@ -480,3 +612,13 @@ class PhysicalGenerator:
         self.params.update(config.get("params", {}))
         self.modality = config.get("modality", self.modality)
         self.fitted = dict(config.get("fitted") or {})
+        self.bank = []
+        bank = Path(directory) / SUPPORT_BANK_FILE
+        if self.params.get("support") == "real" and bank.is_file():
+            try:
+                with np.load(bank, allow_pickle=False) as crops:
+                    self.bank = [np.asarray(crops[key], np.float16) for key in sorted(crops.files)]
+            except (ValueError, OSError) as error:
+                raise InputError(f"physical generator: {bank} is not a support bank: {error}") from error
+            if any(c.ndim != 2 or not np.isfinite(c).all() for c in self.bank):
+                raise InputError(f"physical generator: {bank} holds crops that are not finite 2-D images")
