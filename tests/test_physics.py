@@ -450,3 +450,20 @@ def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_
     (tmp_path / physical_plugin.SUPPORT_BANK_FILE).write_bytes(b"not an npz")
     with pytest.raises(InputError, match="support bank"):
         again.load(tmp_path)
+
+
+def test_real_support_crops_show_support_not_vacuum():
+    from types import SimpleNamespace
+
+    from emcopilot.interfaces import Micrograph
+
+    rng = np.random.default_rng(2)
+    data = rng.normal(50, 3, (1100, 1100))  # vacuum ...
+    data[:, 800:] += 1000  # ... and a strip of support, 300 px wide
+    labels = np.zeros(data.shape, np.int32)
+    labels[500:510, 900:910] = 1
+    model = REGISTRY.get("generator", "physical").create({"support": "real"},
+                                                          SimpleNamespace(kind="particles", modality="haadf-stem"))
+    model.fit([labels], [Micrograph(data.astype(np.float32), pixel_size_nm=0.2)])
+    assert model.bank, "the support strip gives crops"
+    assert all(float(np.median(np.asarray(crop, np.float32))) >= 0.25 for crop in model.bank)

@@ -48,14 +48,17 @@ contrast drawn from exp(U(-2s, s)) times the fitted one (s =
 field that texture. The large-scale support (thickness steps, vacuum) is
 left to the segmenter's background subtraction.
 
-With ``support: real`` the particles are rendered instead on the lab's own
-support: ``fit`` keeps up to :data:`SUPPORT_CROPS_PER_IMAGE` crops of each
-real micrograph (on the working grid, relative to its support level) in
-which the prior's particles, and any other particle-scale bright excess
-over :data:`MISSED_OBJECT_SIGMA` robust standard deviations, are replaced by
-the support interpolated from around them (plus white noise at the image's
-level). Grains, thickness steps, vacuum edges and the detector's texture are
-then the real ones; only the particles and their labels are drawn.
+With ``support: real`` the objects are rendered instead on the lab's own
+support (HAADF particles and atoms, BF particles): ``fit`` keeps up to
+:data:`SUPPORT_CROPS_PER_IMAGE` crops of each real micrograph (on the
+working grid, relative to its support level, mostly support rather than
+vacuum) in which the prior's objects, and any other compact bright excess
+over :data:`MISSED_OBJECT_SIGMA` robust standard deviations at their scale,
+are replaced by the support interpolated from around them (plus noise at
+the support's roughness). Grains, thickness steps, vacuum edges and the
+detector's texture are then the real ones; only the objects and their
+labels are drawn. The crops are saved with the model (``support_bank.npz``,
+float16, read without pickles) and stay in the run directory.
 """
 from __future__ import annotations
 
@@ -78,6 +81,10 @@ SUPPORT_CROP_PX = 512
 #: ... at most this many per micrograph, kept in this file next to the config (float16, no pickles).
 SUPPORT_CROPS_PER_IMAGE = 4
 SUPPORT_BANK_FILE = "support_bank.npz"
+#: A crop is kept when its median is at least this share of the micrograph's support level (its 75th
+#: percentile above the dark level), i.e. it shows mostly support; so many random positions are tried.
+SUPPORT_CROP_MIN_LEVEL = 0.25
+SUPPORT_CROP_TRIES = 20
 #: Pixels whose particle-scale residual over the interpolated support exceeds this many robust standard
 #: deviations are objects the prior missed; they are emptied too, so the bank teaches no missed particle
 #: as background.
@@ -385,7 +392,7 @@ class PhysicalGenerator:
                 support += self._atoms_at_local_contrast(layout, support, rng)
                 support *= np.float32(self.params["haadf_fraction_per_nm_Zn"])
                 return support
-            floor = 0.5 * float(np.median(support))  # a particle over vacuum keeps a visible signal
+            floor = 0.5 * float(mass)  # a particle over vacuum keeps a visible signal (1 = the support level)
             return self._with_particles_at_local_contrast(self.object_mass_thickness(layout), support, layout,
                                                           rng, floor=floor)
         dips = self._with_particles_at_local_contrast(self.object_mass_thickness(layout), None, layout, rng)
@@ -523,7 +530,7 @@ class PhysicalGenerator:
                 outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
             if not outside.any():
                 continue
-            level = float(np.median(np.abs(raw - dark)[outside]))
+            level = float(np.percentile(np.abs(raw - dark)[outside], 75))  # a typical support level
             if level <= 0:
                 continue
             # the emptied pixels: the support interpolated from their rim, with the support's own roughness
@@ -535,9 +542,15 @@ class PhysicalGenerator:
             filled = np.maximum(filled / level, 0.0).astype(np.float16)
             rows, cols = filled.shape
             side = min(SUPPORT_CROP_PX, rows, cols)
-            for _ in range(SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1):
+            wanted = SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1
+            for _ in range(SUPPORT_CROP_TRIES):  # mostly support: vacuum-only crops would carry no signal
                 row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
-                bank.append(filled[row:row + side, col:col + side].copy())
+                crop = filled[row:row + side, col:col + side]
+                if float(np.median(crop)) >= SUPPORT_CROP_MIN_LEVEL:
+                    bank.append(crop.copy())
+                    wanted -= 1
+                if not wanted:
+                    break
         return bank
 
     def _fit_atoms(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
