@@ -63,6 +63,7 @@ float16, read without pickles) and stay in the run directory.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -71,6 +72,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from emcopilot import InputError, Param, hookimpl
+
+log = logging.getLogger("emcopilot.generators.physical")
 
 MODALITIES = ("haadf-stem", "bf-stem")
 #: The support level under an atom is the median over this width around it (fit) — the atom scale.
@@ -383,7 +386,7 @@ class PhysicalGenerator:
         return np.array(crop[row:row + shape[0], col:col + shape[1]], np.float32)
 
     def _render_on_real_support(self, layout, rng: np.random.Generator) -> np.ndarray:
-        """The layout's particles at the fitted local contrast on a crop of the real support."""
+        """The layout's particles or atoms at the fitted local contrast on a crop of the real support."""
         support = self._support_crop(layout.shape, rng)
         mass = np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
         if self.modality == "haadf-stem":  # the crop in the field's units: mass-thickness ...
@@ -458,6 +461,9 @@ class PhysicalGenerator:
             self.fitted.update(self._fit_particles(label_maps, images))
         self.bank = self._support_bank(label_maps, images) if self.params["support"] == "real" else []
         self.fitted["support_crops"] = len(self.bank)
+        if self.params["support"] == "real" and not self.bank:
+            log.warning("physical generator: no micrograph showed enough support for a crop; rendering on "
+                        "the random-field support instead")
         return dict(self.fitted)
 
     def _signal(self, data: np.ndarray) -> np.ndarray:
@@ -520,7 +526,8 @@ class PhysicalGenerator:
             grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
             outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
             # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
-            excess = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter)) - _support_under(signal, outside, diameter)
+            smooth = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter))
+            excess = smooth - _support_under(signal, outside, diameter)
             texture = math.sqrt(_robust_variance(excess[outside]))
             missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
             if count:
