@@ -17,7 +17,7 @@ from emcopilot.layout import Layout, LayoutSpec, sample_layout
 from emcopilot.params import ParamsProblem
 from emcopilot.plugins import build_registry
 from emcopilot_plugins import physics as physics_plugin
-from emcopilot_plugins.generators import physical as physical_plugin
+from emcopilot_plugins.generators import background, physical as physical_plugin
 from emcopilot_plugins.physics import effects
 
 REGISTRY = build_registry([("physics", physics_plugin), ("physical", physical_plugin)])
@@ -447,7 +447,7 @@ def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_
     again = REGISTRY.get("generator", "physical").create({"support": "real"}, sample)
     again.load(tmp_path)
     assert len(again.bank) == 4 and np.array_equal(again.bank[2], model.bank[2])
-    (tmp_path / physical_plugin.SUPPORT_BANK_FILE).write_bytes(b"not an npz")
+    (tmp_path / background.SUPPORT_BANK_FILE).write_bytes(b"not an npz")
     with pytest.raises(InputError, match="support bank"):
         again.load(tmp_path)
 

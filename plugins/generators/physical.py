@@ -50,10 +50,10 @@ left to the segmenter's background subtraction.
 
 With ``support: real`` the objects are rendered instead on the lab's own
 support (HAADF particles and atoms, BF particles): ``fit`` keeps up to
-:data:`SUPPORT_CROPS_PER_IMAGE` crops of each real micrograph (on the
+:data:`~.background.SUPPORT_CROPS_PER_IMAGE` crops of each real micrograph (on the
 working grid, relative to its support level, mostly support rather than
 vacuum) in which the prior's objects, and any other compact bright excess
-over :data:`MISSED_OBJECT_SIGMA` robust standard deviations at their scale,
+over :data:`~.background.MISSED_OBJECT_SIGMA` robust standard deviations at their scale,
 are replaced by the support interpolated from around them (plus noise at
 the support's roughness). Grains, thickness steps, vacuum edges and the
 detector's texture are then the real ones; only the objects and their
@@ -73,25 +73,22 @@ import numpy as np
 
 from emcopilot import InputError, Param, hookimpl
 
+from .background import (
+    build_bank,
+    dark_level,
+    load_bank,
+    random_crop,
+    robust_variance,
+    save_bank,
+    white_noise_variance,
+)
+
 log = logging.getLogger("emcopilot.generators.physical")
 
 MODALITIES = ("haadf-stem", "bf-stem")
 #: The support level under an atom is the median over this width around it (fit) — the atom scale.
 LOCAL_BACKGROUND_NM = 0.6
 CONFIG_FILE = "physical_generator.json"
-#: Real supports (``support: real``): emptied crops of the real micrographs, this many pixels on a side ...
-SUPPORT_CROP_PX = 512
-#: ... at most this many per micrograph, kept in this file next to the config (float16, no pickles).
-SUPPORT_CROPS_PER_IMAGE = 4
-SUPPORT_BANK_FILE = "support_bank.npz"
-#: A crop is kept when its median is at least this share of the micrograph's support level (its 75th
-#: percentile above the dark level), i.e. it shows mostly support; so many random positions are tried.
-SUPPORT_CROP_MIN_LEVEL = 0.25
-SUPPORT_CROP_TRIES = 20
-#: Pixels whose particle-scale residual over the interpolated support exceeds this many robust standard
-#: deviations are objects the prior missed; they are emptied too, so the bank teaches no missed particle
-#: as background.
-MISSED_OBJECT_SIGMA = 3.0
 
 PARAMS = {
     "modality": Param(None, str, choices=MODALITIES, help="default: the recipe's sample modality"),
@@ -178,54 +175,6 @@ def _atom_image(shape: tuple[int, int], atoms_px: np.ndarray, weights: np.ndarra
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     np.add.at(image, (rows[inside], cols[inside]), blocks[inside])
     return image.astype(np.float32)
-
-
-def _white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
-    """Pixel noise variance from the fourth difference along rows (cancels smooth texture; Σ w² = 70),
-    over the pixels of ``where`` (away from objects, whose edges are not noise)."""
-    fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
-    use = where[:, 2:-2] & where[:, :-4] & where[:, 4:]
-    return float(np.mean(fourth[use] ** 2)) / 70.0 if use.any() else 0.0
-
-
-def _robust_variance(values: np.ndarray) -> float:
-    """(1.4826 MAD)²: the objects the prior missed are outliers of the support, not its texture."""
-    if not values.size:
-        return 0.0
-    return float((1.4826 * np.median(np.abs(values - np.median(values)))) ** 2)
-
-
-def _dark_level(data: np.ndarray) -> float:
-    """The detector's zero-signal level: the offset of the Poisson–Gaussian noise model when the noise
-    grows with the signal, else the 0.5th percentile (vacuum in the frame)."""
-    from emcopilot_plugins.physics.estimate import fit_noise
-
-    low = float(np.percentile(data, 0.5))
-    try:
-        noise = fit_noise(data)
-    except Exception:  # noqa: BLE001 - too small or flat for a noise curve: fall back to the percentile
-        return low
-    if noise["noise_model"] == "poisson-gaussian" and noise["offset_du"] <= low:
-        return float(noise["offset_du"])
-    return low
-
-
-def _support_under(data: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
-    """The smooth level of ``data`` from the ``known`` pixels only, everywhere: normalised Gaussian
-    convolution of width ``sigma``, widened (x2 per step) where too few known pixels are near."""
-    from scipy import ndimage
-
-    known = np.asarray(known, bool)
-    values = np.where(known, data, 0.0)
-    out = np.full(data.shape, np.nan)
-    sigma = max(1.0, float(sigma))
-    while np.isnan(out).any() and sigma < 4 * max(data.shape):
-        weight = ndimage.gaussian_filter(known.astype(np.float64), sigma)
-        smooth = ndimage.gaussian_filter(values, sigma) / np.maximum(weight, 1e-12)
-        take = np.isnan(out) & (weight > 0.2)
-        out[take] = smooth[take]
-        sigma *= 2
-    return np.where(np.isnan(out), float(np.median(data[known])) if known.any() else 0.0, out)
 
 
 class PhysicalGenerator:
@@ -372,22 +321,9 @@ class PhysicalGenerator:
         return bool(self.params["support"] == "real" and self.bank
                     and (self._local_particles(layout) or self._local_atoms(layout) and self.modality == "haadf-stem"))
 
-    def _support_crop(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-        """A random crop of the support bank, randomly rotated and flipped (reflected where too small)."""
-        crop = self.bank[int(rng.integers(len(self.bank)))]
-        crop = np.rot90(crop, int(rng.integers(4)))
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        pad = [(0, max(0, want - have)) for want, have in zip(shape, crop.shape)]
-        if any(after for _, after in pad):
-            crop = np.pad(crop, pad, mode="symmetric")
-        row = int(rng.integers(crop.shape[0] - shape[0] + 1))
-        col = int(rng.integers(crop.shape[1] - shape[1] + 1))
-        return np.array(crop[row:row + shape[0], col:col + shape[1]], np.float32)
-
     def _render_on_real_support(self, layout, rng: np.random.Generator) -> np.ndarray:
         """The layout's particles or atoms at the fitted local contrast on a crop of the real support."""
-        support = self._support_crop(layout.shape, rng)
+        support = random_crop(self.bank, layout.shape, rng)
         mass = np.float32(self.params["support_thickness_nm"] * layout.support_z ** self.params["z_exponent"])
         if self.modality == "haadf-stem":  # the crop in the field's units: mass-thickness ...
             support *= mass
@@ -450,7 +386,7 @@ class PhysicalGenerator:
             if background <= 0:
                 continue
             ratios.append((float(np.mean(data[inside])) - dark) / background)
-            texture = float(np.var(data[~inside])) - _white_noise_variance(data, ~inside)
+            texture = float(np.var(data[~inside])) - white_noise_variance(data, ~inside)
             roughness.append(math.sqrt(max(texture, 0.0)) / background)
         self.fitted = {"object_to_background_ratio": float(np.median(ratios)) if ratios else None,
                        "support_roughness": float(np.median(roughness)) if roughness else None,
@@ -459,7 +395,7 @@ class PhysicalGenerator:
             self.fitted.update(self._fit_atoms(label_maps, images))
         else:
             self.fitted.update(self._fit_particles(label_maps, images))
-        self.bank = self._support_bank(label_maps, images) if self.params["support"] == "real" else []
+        self.bank = build_bank(label_maps, images, self.modality) if self.params["support"] == "real" else []
         self.fitted["support_crops"] = len(self.bank)
         if self.params["support"] == "real" and not self.bank:
             log.warning("physical generator: no micrograph showed enough support for a crop; rendering on "
@@ -468,7 +404,7 @@ class PhysicalGenerator:
 
     def _signal(self, data: np.ndarray) -> np.ndarray:
         """Signal above the detector's dark level, objects positive (BF inverted)."""
-        data = data - _dark_level(data)
+        data = data - dark_level(data)
         return -data if self.modality == "bf-stem" else data
 
     def _fit_particles(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
@@ -497,7 +433,7 @@ class PhysicalGenerator:
             inside = np.asarray(ndimage.mean(data, labels, ids)) - np.asarray(ndimage.mean(background, labels, ids))
             good = level > 0
             contrasts.extend((inside[good] / level[good]).tolist())
-            texture = _robust_variance((data - background)[outside]) - _white_noise_variance(data, outside)
+            texture = robust_variance((data - background)[outside]) - white_noise_variance(data, outside)
             support_level = abs(float(np.median(background[outside])))
             if support_level > 0:
                 fine_roughness.append(math.sqrt(max(texture, 0.0)) / support_level)
@@ -508,57 +444,6 @@ class PhysicalGenerator:
         return {"particle_contrast": contrast if contrast > 0 else None, "particles_used": len(contrasts),
                 "support_fine_roughness": float(np.median(fine_roughness)) if fine_roughness else None,
                 "support_fine_sigma_nm": float(np.median(sigmas)) if sigmas else None}
-
-    def _support_bank(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> list[np.ndarray]:
-        """Crops of the real micrographs with their objects emptied, relative to each one's support level."""
-        from scipy import ndimage
-
-        rng = np.random.default_rng(0)
-        bank = []
-        for labels, image in zip(label_maps, images):
-            raw = np.asarray(getattr(image, "data", image), np.float64)
-            labels = np.asarray(labels)
-            dark = _dark_level(raw)
-            signal = raw - dark if self.modality == "haadf-stem" else dark - raw  # objects positive
-            ids = np.unique(labels[labels > 0])
-            areas = np.asarray(ndimage.sum(np.ones_like(raw), labels, ids)) if len(ids) else np.array([16.0])
-            diameter = max(2.0, float(np.median(2 * np.sqrt(areas / np.pi))))
-            grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
-            outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
-            # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
-            smooth = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter))
-            excess = smooth - _support_under(signal, outside, diameter)
-            texture = math.sqrt(_robust_variance(excess[outside]))
-            missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
-            if count:
-                sizes = np.bincount(missed.ravel())
-                compact = sizes <= math.pi / 4 * (3 * diameter) ** 2
-                compact[0] = False
-                outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
-            if not outside.any():
-                continue
-            level = float(np.percentile(np.abs(raw - dark)[outside], 75))  # a typical support level
-            if level <= 0:
-                continue
-            # the emptied pixels: the support interpolated from their rim, with the support's own roughness
-            spread = math.sqrt(_robust_variance((signal - _support_under(signal, outside, diameter))[outside]))
-            support = _support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
-            filled = np.where(outside, signal, support)
-            if self.modality != "haadf-stem":
-                filled = -filled
-            filled = np.maximum(filled / level, 0.0).astype(np.float16)
-            rows, cols = filled.shape
-            side = min(SUPPORT_CROP_PX, rows, cols)
-            wanted = SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1
-            for _ in range(SUPPORT_CROP_TRIES):  # mostly support: vacuum-only crops would carry no signal
-                row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
-                crop = filled[row:row + side, col:col + side]
-                if float(np.median(crop)) >= SUPPORT_CROP_MIN_LEVEL:
-                    bank.append(crop.copy())
-                    wanted -= 1
-                if not wanted:
-                    break
-        return bank
 
     def _fit_atoms(self, label_maps: Sequence[np.ndarray], images: Sequence[Any]) -> dict[str, Any]:
         """Apparent FWHM and local peak contrast of the prior's atoms (pooled over images)."""
@@ -580,7 +465,7 @@ class PhysicalGenerator:
             radius = max(3, int(math.ceil(0.3 / pixel_size)))
             residual = data - background
             away = ~ndimage.binary_dilation(labels > 0, iterations=2)
-            texture = _robust_variance(residual[away]) - _white_noise_variance(data, away)
+            texture = robust_variance(residual[away]) - white_noise_variance(data, away)
             support_level = float(np.median(background[labels == 0]))
             if support_level > 0:
                 fine_roughness.append(math.sqrt(max(texture, 0.0)) / support_level)
@@ -622,7 +507,7 @@ class PhysicalGenerator:
         config = {"params": self.params, "modality": self.modality, "fitted": self.fitted}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         if self.bank:
-            np.savez_compressed(directory / SUPPORT_BANK_FILE, **{f"crop{i:04d}": c for i, c in enumerate(self.bank)})
+            save_bank(self.bank, directory)
 
     def load(self, directory: Path) -> None:
         path = Path(directory) / CONFIG_FILE
@@ -632,13 +517,4 @@ class PhysicalGenerator:
         self.params.update(config.get("params", {}))
         self.modality = config.get("modality", self.modality)
         self.fitted = dict(config.get("fitted") or {})
-        self.bank = []
-        bank = Path(directory) / SUPPORT_BANK_FILE
-        if self.params.get("support") == "real" and bank.is_file():
-            try:
-                with np.load(bank, allow_pickle=False) as crops:
-                    self.bank = [np.asarray(crops[key], np.float16) for key in sorted(crops.files)]
-            except (ValueError, OSError) as error:
-                raise InputError(f"physical generator: {bank} is not a support bank: {error}") from error
-            if any(c.ndim != 2 or not np.isfinite(c).all() for c in self.bank):
-                raise InputError(f"physical generator: {bank} holds crops that are not finite 2-D images")
+        self.bank = load_bank(directory) if self.params.get("support") == "real" else []

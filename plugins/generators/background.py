@@ -1,0 +1,172 @@
+"""The support of real micrographs, as the ``physical`` generator measures and reuses it.
+
+- Statistics of the signal (:func:`dark_level`, :func:`white_noise_variance`,
+  :func:`robust_variance`) and the support under objects interpolated from
+  around them (:func:`support_under`), shared by the generator's fits;
+- the bank of real supports behind ``support: real`` (:func:`build_bank`):
+  crops of the working-grid micrographs in which the prior's objects, and any
+  other compact excess of their polarity over :data:`MISSED_OBJECT_SIGMA`
+  robust standard deviations at their scale, are replaced by the support
+  interpolated from their rim plus noise at the support's roughness;
+  :func:`random_crop` draws from it; :func:`save_bank` / :func:`load_bank`
+  keep it next to the model without pickles.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from emcopilot import InputError
+
+#: Real supports (``support: real``): emptied crops of the real micrographs, this many pixels on a side ...
+SUPPORT_CROP_PX = 512
+#: ... at most this many per micrograph, kept in this file next to the config (float16, no pickles).
+SUPPORT_CROPS_PER_IMAGE = 4
+SUPPORT_BANK_FILE = "support_bank.npz"
+#: A crop is kept when its median is at least this share of the micrograph's support level (its 75th
+#: percentile above the dark level), i.e. it shows mostly support; so many random positions are tried.
+SUPPORT_CROP_MIN_LEVEL = 0.25
+SUPPORT_CROP_TRIES = 20
+#: Pixels whose particle-scale residual over the interpolated support exceeds this many robust standard
+#: deviations are objects the prior missed; they are emptied too, so the bank teaches no missed particle
+#: as background.
+MISSED_OBJECT_SIGMA = 3.0
+
+
+def white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
+    """Pixel noise variance from the fourth difference along rows (cancels smooth texture; Σ w² = 70),
+    over the pixels of ``where`` (away from objects, whose edges are not noise)."""
+    fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
+    use = where[:, 2:-2] & where[:, :-4] & where[:, 4:]
+    return float(np.mean(fourth[use] ** 2)) / 70.0 if use.any() else 0.0
+
+
+def robust_variance(values: np.ndarray) -> float:
+    """(1.4826 MAD)²: the objects the prior missed are outliers of the support, not its texture."""
+    if not values.size:
+        return 0.0
+    return float((1.4826 * np.median(np.abs(values - np.median(values)))) ** 2)
+
+
+def dark_level(data: np.ndarray) -> float:
+    """The detector's zero-signal level: the offset of the Poisson–Gaussian noise model when the noise
+    grows with the signal, else the 0.5th percentile (vacuum in the frame)."""
+    from emcopilot_plugins.physics.estimate import fit_noise
+
+    low = float(np.percentile(data, 0.5))
+    try:
+        noise = fit_noise(data)
+    except Exception:  # noqa: BLE001 - too small or flat for a noise curve: fall back to the percentile
+        return low
+    if noise["noise_model"] == "poisson-gaussian" and noise["offset_du"] <= low:
+        return float(noise["offset_du"])
+    return low
+
+
+def support_under(data: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
+    """The smooth level of ``data`` from the ``known`` pixels only, everywhere: normalised Gaussian
+    convolution of width ``sigma``, widened (x2 per step) where too few known pixels are near."""
+    from scipy import ndimage
+
+    known = np.asarray(known, bool)
+    values = np.where(known, data, 0.0)
+    out = np.full(data.shape, np.nan)
+    sigma = max(1.0, float(sigma))
+    while np.isnan(out).any() and sigma < 4 * max(data.shape):
+        weight = ndimage.gaussian_filter(known.astype(np.float64), sigma)
+        smooth = ndimage.gaussian_filter(values, sigma) / np.maximum(weight, 1e-12)
+        take = np.isnan(out) & (weight > 0.2)
+        out[take] = smooth[take]
+        sigma *= 2
+    return np.where(np.isnan(out), float(np.median(data[known])) if known.any() else 0.0, out)
+
+
+def build_bank(label_maps: Sequence[np.ndarray], images: Sequence[Any], modality: str) -> list[np.ndarray]:
+    """Crops of the real micrographs with their objects emptied, relative to each one's support level.
+
+    ``modality`` 'haadf-stem' (objects brighter than the support) or 'bf-stem' (darker).
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    bank = []
+    for labels, image in zip(label_maps, images):
+        raw = np.asarray(getattr(image, "data", image), np.float64)
+        labels = np.asarray(labels)
+        dark = dark_level(raw)
+        signal = raw - dark if modality == "haadf-stem" else dark - raw  # objects positive
+        ids = np.unique(labels[labels > 0])
+        areas = np.asarray(ndimage.sum(np.ones_like(raw), labels, ids)) if len(ids) else np.array([16.0])
+        diameter = max(2.0, float(np.median(2 * np.sqrt(areas / np.pi))))
+        grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
+        outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
+        # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
+        smooth = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter))
+        excess = smooth - support_under(signal, outside, diameter)
+        texture = math.sqrt(robust_variance(excess[outside]))
+        missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
+        if count:
+            sizes = np.bincount(missed.ravel())
+            compact = sizes <= math.pi / 4 * (3 * diameter) ** 2
+            compact[0] = False
+            outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
+        if not outside.any():
+            continue
+        level = float(np.percentile(np.abs(raw - dark)[outside], 75))  # a typical support level
+        if level <= 0:
+            continue
+        # the emptied pixels: the support interpolated from their rim, with the support's own roughness
+        spread = math.sqrt(robust_variance((signal - support_under(signal, outside, diameter))[outside]))
+        support = support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
+        filled = np.where(outside, signal, support)
+        if modality != "haadf-stem":
+            filled = -filled
+        filled = np.maximum(filled / level, 0.0).astype(np.float16)
+        rows, cols = filled.shape
+        side = min(SUPPORT_CROP_PX, rows, cols)
+        wanted = SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1
+        for _ in range(SUPPORT_CROP_TRIES):  # mostly support: vacuum-only crops would carry no signal
+            row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
+            crop = filled[row:row + side, col:col + side]
+            if float(np.median(crop)) >= SUPPORT_CROP_MIN_LEVEL:
+                bank.append(crop.copy())
+                wanted -= 1
+            if not wanted:
+                break
+    return bank
+
+def random_crop(bank: Sequence[np.ndarray], shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random crop of the support bank, randomly rotated and flipped (reflected where too small)."""
+    crop = bank[int(rng.integers(len(bank)))]
+    crop = np.rot90(crop, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    pad = [(0, max(0, want - have)) for want, have in zip(shape, crop.shape)]
+    if any(after for _, after in pad):
+        crop = np.pad(crop, pad, mode="symmetric")
+    row = int(rng.integers(crop.shape[0] - shape[0] + 1))
+    col = int(rng.integers(crop.shape[1] - shape[1] + 1))
+    return np.array(crop[row:row + shape[0], col:col + shape[1]], np.float32)
+
+
+def save_bank(bank: Sequence[np.ndarray], directory: Path) -> None:
+    """Write the crops next to a model (compressed npz, float16; nothing is pickled)."""
+    np.savez_compressed(Path(directory) / SUPPORT_BANK_FILE, **{f"crop{i:04d}": c for i, c in enumerate(bank)})
+
+
+def load_bank(directory: Path) -> list[np.ndarray]:
+    """The crops saved by :func:`save_bank` (none when there is no file); refuses anything else."""
+    path = Path(directory) / SUPPORT_BANK_FILE
+    if not path.is_file():
+        return []
+    try:
+        with np.load(path, allow_pickle=False) as crops:
+            bank = [np.asarray(crops[key], np.float16) for key in sorted(crops.files)]
+    except (ValueError, OSError) as error:
+        raise InputError(f"physical generator: {path} is not a support bank: {error}") from error
+    if any(c.ndim != 2 or not np.isfinite(c).all() for c in bank):
+        raise InputError(f"physical generator: {path} holds crops that are not finite 2-D images")
+    return bank
