@@ -3,7 +3,8 @@
 - Statistics of the signal (:func:`dark_level`, :func:`white_noise_variance`,
   :func:`robust_variance`) and the support under objects interpolated from
   around them (:func:`support_under`), shared by the generator's fits;
-- the bank of real supports behind ``support: real`` (:func:`build_bank`):
+- the bank of real supports behind ``support: real`` (:func:`build_bank`, one
+  micrograph at a time by :func:`empty_support`):
   crops of the working-grid micrographs in which the prior's objects, and any
   other compact excess of their polarity over :data:`MISSED_OBJECT_SIGMA`
   robust standard deviations at their scale, are replaced by the support
@@ -89,54 +90,68 @@ def build_bank(label_maps: Sequence[np.ndarray], images: Sequence[Any], modality
 
     ``modality`` 'haadf-stem' (objects brighter than the support) or 'bf-stem' (darker).
     """
-    from scipy import ndimage
-
     rng = np.random.default_rng(0)
     bank = []
     for labels, image in zip(label_maps, images):
-        raw = np.asarray(getattr(image, "data", image), np.float64)
-        labels = np.asarray(labels)
-        dark = dark_level(raw)
-        signal = raw - dark if modality == "haadf-stem" else dark - raw  # objects positive
-        ids = np.unique(labels[labels > 0])
-        areas = np.asarray(ndimage.sum(np.ones_like(raw), labels, ids)) if len(ids) else np.array([16.0])
-        diameter = max(2.0, float(np.median(2 * np.sqrt(areas / np.pi))))
-        grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
-        outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
-        # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
-        smooth = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter))
-        excess = smooth - support_under(signal, outside, diameter)
-        texture = math.sqrt(robust_variance(excess[outside]))
-        missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
-        if count:
-            sizes = np.bincount(missed.ravel())
-            compact = sizes <= math.pi / 4 * (3 * diameter) ** 2
-            compact[0] = False
-            outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
-        if not outside.any():
-            continue
-        level = float(np.percentile(np.abs(raw - dark)[outside], 75))  # a typical support level
-        if level <= 0:
-            continue
-        # the emptied pixels: the support interpolated from their rim, with the support's own roughness
-        spread = math.sqrt(robust_variance((signal - support_under(signal, outside, diameter))[outside]))
-        support = support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
-        filled = np.where(outside, signal, support)
-        if modality != "haadf-stem":
-            filled = -filled
-        filled = np.maximum(filled / level, 0.0).astype(np.float16)
-        rows, cols = filled.shape
-        side = min(SUPPORT_CROP_PX, rows, cols)
-        wanted = SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1
-        for _ in range(SUPPORT_CROP_TRIES):  # mostly support: vacuum-only crops would carry no signal
-            row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
-            crop = filled[row:row + side, col:col + side]
-            if float(np.median(crop)) >= SUPPORT_CROP_MIN_LEVEL:
-                bank.append(crop.copy())
-                wanted -= 1
-            if not wanted:
-                break
+        emptied = empty_support(np.asarray(labels), np.asarray(getattr(image, "data", image), np.float64),
+                                modality, rng)
+        if emptied is not None:
+            bank += _support_crops(emptied, rng)
     return bank
+
+
+def empty_support(labels: np.ndarray, raw: np.ndarray, modality: str,
+                  rng: np.random.Generator) -> np.ndarray | None:
+    """One micrograph with its prior objects and the compact excess they leave replaced by the support
+    interpolated from their rim (plus noise at the support's roughness), in units of its support level;
+    ``None`` when nothing of the support is left or it carries no signal."""
+    from scipy import ndimage
+
+    dark = dark_level(raw)
+    signal = raw - dark if modality == "haadf-stem" else dark - raw  # objects positive
+    ids = np.unique(labels[labels > 0])
+    areas = np.bincount(labels.ravel())[ids] if len(ids) else np.array([16.0])
+    diameter = max(2.0, float(np.median(2 * np.sqrt(areas / np.pi))))
+    grow = max(1, round(0.25 * diameter))  # the particles' blurred rims too
+    outside = ~ndimage.binary_dilation(labels > 0, iterations=grow)
+    # the particle-scale excess the prior left: compact (< 3 diameters) and MISSED_OBJECT_SIGMA above
+    smooth = ndimage.gaussian_filter(signal, max(0.5, 0.15 * diameter))
+    excess = smooth - support_under(signal, outside, diameter)
+    texture = math.sqrt(robust_variance(excess[outside]))
+    missed, count = ndimage.label(excess > MISSED_OBJECT_SIGMA * texture)
+    if count:
+        compact = np.bincount(missed.ravel()) <= math.pi / 4 * (3 * diameter) ** 2
+        compact[0] = False
+        outside &= ~ndimage.binary_dilation(compact[missed], iterations=grow)
+    if not outside.any():
+        return None
+    level = float(np.percentile(np.abs(signal[outside]), 75))  # a typical support level
+    if level <= 0:
+        return None
+    spread = math.sqrt(robust_variance((signal - support_under(signal, outside, diameter))[outside]))
+    support = support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
+    filled = np.where(outside, signal, support)
+    if modality != "haadf-stem":  # back to the transmitted signal
+        filled = -filled
+    return np.maximum(filled / level, 0.0).astype(np.float16)
+
+
+def _support_crops(emptied: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to :data:`SUPPORT_CROPS_PER_IMAGE` random crops that show mostly support (vacuum-only crops
+    would carry no signal); one crop, the whole side, of a micrograph smaller than :data:`SUPPORT_CROP_PX`."""
+    rows, cols = emptied.shape
+    side = min(SUPPORT_CROP_PX, rows, cols)
+    wanted = SUPPORT_CROPS_PER_IMAGE if min(rows, cols) > SUPPORT_CROP_PX else 1
+    crops = []
+    for _ in range(SUPPORT_CROP_TRIES):
+        row, col = int(rng.integers(rows - side + 1)), int(rng.integers(cols - side + 1))
+        crop = emptied[row:row + side, col:col + side]
+        if float(np.median(crop)) >= SUPPORT_CROP_MIN_LEVEL:
+            crops.append(crop.copy())
+            if len(crops) == wanted:
+                break
+    return crops
+
 
 def random_crop(bank: Sequence[np.ndarray], shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A random crop of the support bank, randomly rotated and flipped (reflected where too small)."""
