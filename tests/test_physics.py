@@ -450,6 +450,9 @@ def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_
     (tmp_path / background.SUPPORT_BANK_FILE).write_bytes(b"not an npz")
     with pytest.raises(InputError, match="support bank"):
         again.load(tmp_path)
+    (tmp_path / background.SUPPORT_BANK_FILE).unlink()
+    with pytest.raises(InputError, match="missing or incomplete"):
+        again.load(tmp_path)
 
 
 def test_real_support_crops_show_support_not_vacuum():

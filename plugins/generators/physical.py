@@ -74,6 +74,7 @@ import numpy as np
 from emcopilot import InputError, Param, hookimpl
 
 from .background import (
+    SUPPORT_BANK_FILE,
     build_bank,
     dark_level,
     load_bank,
@@ -518,3 +519,6 @@ class PhysicalGenerator:
         self.modality = config.get("modality", self.modality)
         self.fitted = dict(config.get("fitted") or {})
         self.bank = load_bank(directory) if self.params.get("support") == "real" else []
+        if len(self.bank) < int(self.fitted.get("support_crops") or 0):
+            raise InputError(f"physical generator: {Path(directory) / SUPPORT_BANK_FILE} is missing or incomplete "
+                             f"({len(self.bank)} of {self.fitted['support_crops']} support crops); fit again")
