@@ -108,6 +108,25 @@ def test_tiled_and_untiled_agree_on_a_frame_that_fits_one_tile(particle_model):
     assert np.mean((whole[0] > 0.5) == (tiled[0] > 0.5)) > 0.999
 
 
+def test_averaging_over_all_eight_symmetries_makes_the_prediction_turn_with_the_image(particle_model):
+    segmenter, _ = particle_model
+    image, _ = toy_particles(5, size=64)
+    from emcopilot_plugins.segmenters.unet import normalise
+
+    normalised = normalise(image, [1.0, 99.5], False)
+    turned = np.ascontiguousarray(np.rot90(normalised))
+    single, averaged = [], []
+    for flips, out in ((1, single), (8, averaged)):
+        segmenter.params.update(test_time_flips=flips)
+        out.extend([segmenter.predict_maps(normalised), segmenter.predict_maps(turned)])
+    segmenter.params.update(test_time_flips=4)
+    assert np.abs(np.rot90(averaged[0], axes=(1, 2)) - averaged[1]).max() < 1e-4
+    assert np.abs(np.rot90(single[0], axes=(1, 2)) - single[1]).max() > 1e-3  # a plain CNN is not equivariant
+    # the average stays a probability map close to the single pass
+    assert averaged[0].min() >= 0 and averaged[0].max() <= 1
+    assert np.mean((averaged[0][0] > 0.5) == (single[0][0] > 0.5)) > 0.95
+
+
 def test_resamples_to_the_working_pixel_size_and_maps_back(particle_model):
     segmenter, _ = particle_model
     image, labels = toy_particles(100)
@@ -190,3 +209,29 @@ def test_fit_names_bad_training_pairs():
         unet(PARTICLES).fit([image], [Instances(points=[[1, 1]])], None, budget=budget)
     with pytest.raises(InputError, match=r"labels \(16, 16\) differ from image \(32, 32\)"):
         unet(PARTICLES).fit([image], [Instances(labels=labels[:16, :16])], None, budget=budget)
+
+
+def test_watershed_seeds_split_touching_particles_but_not_a_rippled_one():
+    from emcopilot_plugins.segmenters.instances import particle_targets, particles_from_maps
+
+    rows, cols = np.mgrid[:64, :96]
+    touching = np.zeros((64, 96), np.int32)
+    touching[(rows - 32) ** 2 + (cols - 30) ** 2 <= 15 ** 2] = 1
+    touching[(rows - 32) ** 2 + (cols - 58) ** 2 <= 14 ** 2] = 2  # overlaps the first: they touch
+    foreground, distance = particle_targets(touching)
+    labels, scores = particles_from_maps(foreground, distance, foreground_threshold=0.5, seed_dynamic=0.2,
+                                         min_area_px=10)
+    assert labels.max() == 2 and len(scores) == 2
+    assert np.mean(labels[touching > 0] == np.where(touching == 1, 1, 2)[touching > 0]) > 0.95
+    # one particle whose predicted distance ripples (two shallow humps) and a small one predicted low
+    single = ((rows - 32) ** 2 + (cols - 30) ** 2 <= 15 ** 2).astype(np.int32)
+    single[(rows - 32) ** 2 + (cols - 75) ** 2 <= 4 ** 2] = 2
+    foreground, distance = particle_targets(single)
+    rippled = distance * (1 - 0.25 * np.cos((cols - 30) / 1.6) ** 2)  # humps 0.84, dip 0.75 between
+    rippled[single == 2] *= 0.4
+    labels, _ = particles_from_maps(foreground, rippled, foreground_threshold=0.5, seed_dynamic=0.2, min_area_px=10)
+    assert labels.max() == 2
+    # a fixed level on the same map splits the rippled particle
+    fixed, _ = particles_from_maps(foreground, rippled, foreground_threshold=0.5, seed_dynamic=0.0,
+                                   seed_threshold=0.8, min_area_px=1)
+    assert fixed.max() > 2

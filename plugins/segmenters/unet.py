@@ -110,6 +110,10 @@ def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool,
     return (1.0 - out if invert else out).astype(np.float32)
 
 
+#: (quarter turns, horizontal flip): the identity first, then the transforms test-time averaging adds.
+_SYMMETRIES = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+
+
 def _window(size: int, overlap: int) -> np.ndarray:
     """1-D blending weight: a raised-cosine ramp over ``overlap`` pixels at each side, never zero."""
     weight = np.ones(size, np.float32)
@@ -329,13 +333,28 @@ class UNetSegmenter:
         with torch.inference_mode():
             for first in range(0, len(starts), batch_size):
                 chunk = starts[first:first + batch_size]
-                tiles = np.stack([padded[r:r + tile_h, c:c + tile_w] for r, c in chunk])[:, None]
-                probabilities = torch.sigmoid(net(torch.from_numpy(tiles).to(self.device))).float().cpu().numpy()
+                tiles = torch.from_numpy(np.stack([padded[r:r + tile_h, c:c + tile_w] for r, c in chunk])[:, None])
+                probabilities = self._forward_averaged(net, tiles.to(self.device)).float().cpu().numpy()
                 for (r, c), probability in zip(chunk, probabilities):
                     total[:, r:r + tile_h, c:c + tile_w] += probability * weight
                     norm[r:r + tile_h, c:c + tile_w] += weight
         self.last_tiles = len(starts)
         return (total / norm)[:, :height, :width]
+
+    def _forward_averaged(self, net: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+        """Sigmoid outputs averaged over the first ``test_time_flips`` symmetries of the square.
+
+        Micrographs have no preferred orientation; averaging the network over
+        flips and quarter turns (each undone on its output) removes the
+        orientation-dependent part of its error.
+        """
+        total = None
+        for turns, flip in _SYMMETRIES[:self.params["test_time_flips"]]:
+            view = torch.rot90(tiles.flip(-1) if flip else tiles, turns, dims=(-2, -1))
+            out = torch.rot90(torch.sigmoid(net(view)), -turns, dims=(-2, -1))
+            out = out.flip(-1) if flip else out
+            total = out if total is None else total + out
+        return total / self.params["test_time_flips"]
 
     def predict(self, micrograph: Micrograph) -> Instances:
         if not self.trained:
@@ -356,7 +375,7 @@ class UNetSegmenter:
             diameter_min_nm = self.params["min_diameter_nm"] or 0.5 * self.sample.diameter_nm[0]
             labels, scores = post.particles_from_maps(
                 maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
-                seed_threshold=self.params["seed_threshold"],
+                seed_dynamic=self.params["seed_dynamic"], seed_threshold=self.params["seed_threshold"],
                 min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2)
             return Instances(labels=labels_to_original(labels, scaling), scores=scores, metadata=metadata)
         cluster_nm = self.params["cluster_distance_nm"]
