@@ -119,7 +119,7 @@ def test_averaging_over_all_eight_symmetries_makes_the_prediction_turn_with_the_
     for flips, out in ((1, single), (8, averaged)):
         segmenter.params.update(test_time_flips=flips)
         out.extend([segmenter.predict_maps(normalised), segmenter.predict_maps(turned)])
-    segmenter.params.update(test_time_flips=4)
+    segmenter.params.update(test_time_flips=1)
     assert np.abs(np.rot90(averaged[0], axes=(1, 2)) - averaged[1]).max() < 1e-4
     assert np.abs(np.rot90(single[0], axes=(1, 2)) - single[1]).max() > 1e-3  # a plain CNN is not equivariant
     # the average stays a probability map close to the single pass

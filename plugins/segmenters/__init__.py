@@ -33,7 +33,7 @@ UNET_PARAMS = {
                                                   "(sample.particle_contrast: dark) so the network sees bright objects"),
     "tile_px": Param(256, int, min=16, max=8192, unit="px", help="inference tile side (working grid)"),
     "tile_overlap_px": Param(32, int, min=0, max=4096, unit="px", help="overlap of neighbouring tiles, blended"),
-    "test_time_flips": Param(4, int, choices=(1, 2, 4, 8),
+    "test_time_flips": Param(1, int, choices=(1, 2, 4, 8),
                              help="average the network over this many flips/quarter turns of each tile (1: none)"),
     "tile_batch": Param(8, int, min=1, max=1024, help="tiles per forward pass"),
     "device": Param("auto", str, help="auto (CUDA when available), cpu, cuda or cuda:N (inference)"),

@@ -2,7 +2,7 @@
 
 Particle mode (``sample.kind == "particles"``): two outputs, foreground and a
 per-particle distance map normalised to 1 at the centre; instances by marker
-watershed. Atom mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per
+watershed from the distance map's maxima of enough dynamic (h-maxima). Atom mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per
 atom; peaks become points, small disks the labels, close atoms optionally one
 cluster.
 
@@ -11,7 +11,9 @@ not matter), optionally after subtracting its smooth background
 (``background_nm``: for atoms on an uneven support) and resampled to the working pixel size (``sample.pixel_size_nm``)
 before the network sees it; results are mapped back to the micrograph's grid.
 Inference runs on overlapping tiles blended with a smooth window, a batch of
-tiles at a time, under ``torch.inference_mode``, on CUDA when available.
+tiles at a time, under ``torch.inference_mode``, on CUDA when available; each
+tile's output is averaged over ``test_time_flips`` flips and quarter turns
+(1 by default; 4 costs about 4x the network time of a single pass).
 """
 from __future__ import annotations
 
