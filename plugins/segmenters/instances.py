@@ -3,9 +3,8 @@
 Particle mode: a foreground probability and a normalised distance map (1 at
 each particle's centre, falling to 0 at its border) -> one seed per
 maximum of the distance map deep enough (h-maxima) -> marker watershed inside
-the foreground. Atom mode: a
-Gaussian heatmap -> local maxima -> points, small disks as labels, optional
-grouping of close atoms into clusters.
+the foreground. Atom mode: a Gaussian heatmap -> local maxima -> points, small
+disks as labels, optional grouping of close atoms into clusters.
 """
 from __future__ import annotations
 

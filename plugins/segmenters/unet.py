@@ -2,9 +2,9 @@
 
 Particle mode (``sample.kind == "particles"``): two outputs, foreground and a
 per-particle distance map normalised to 1 at the centre; instances by marker
-watershed from the distance map's maxima of enough dynamic (h-maxima). Atom mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per
-atom; peaks become points, small disks the labels, close atoms optionally one
-cluster.
+watershed from the distance map's maxima of enough dynamic (h-maxima). Atom
+mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per atom; peaks
+become points, small disks the labels, close atoms optionally one cluster.
 
 Every image is normalised by its own percentiles (so absolute intensity does
 not matter), optionally after subtracting its smooth background
