@@ -388,6 +388,37 @@ def test_atom_width_and_local_contrast_are_fitted_from_prior_atoms_and_rendered_
     assert blind["atom_fwhm_nm"] is None and model.atom_fwhm_nm() == model.params["atom_fwhm_nm"]
 
 
+def test_texture_of_a_flat_support_with_heavy_tailed_noise_is_zero():
+    # heavy-tailed pixel noise (Laplace, as a detector's varying pulse heights make it) on a flat support:
+    # the clipped variance minus the mean-square noise estimate finds ~no texture; the MAD-based variance
+    # minus it would report a large negative one
+    noise = np.random.default_rng(3).laplace(0, 10.0, (256, 256))
+    everywhere = np.ones(noise.shape, bool)
+    white = background.white_noise_variance(noise, everywhere)
+    assert white == pytest.approx(200.0, rel=0.05)  # 2 b²
+    assert abs(background.clipped_variance(noise) - white) < 0.08 * white
+    assert background.robust_variance(noise) - white < -0.3 * white
+    # a missed bright object is clipped away, not counted as texture
+    spiked = noise.copy()
+    spiked[100:104, 100:104] += 500.0
+    assert background.clipped_variance(spiked) == pytest.approx(background.clipped_variance(noise), rel=0.05)
+
+
+def test_zero_fine_roughness_renders_a_flat_support_under_atoms():
+    from types import SimpleNamespace
+
+    model = REGISTRY.get("generator", "physical").create({"atom_spread": 0.0},
+                                                          SimpleNamespace(kind="atoms", modality="haadf-stem"))
+    layout = sample_layout(LayoutSpec("atoms", 0.28, 0.0, 0.3), (128, 128), 0.03, np.random.default_rng(0))
+    model.fitted = {"atom_fwhm_nm": 0.15, "atom_contrast": 0.3, "support_roughness": 0.5,
+                    "support_fine_roughness": 0.0}
+    clean = model.render(layout, np.random.default_rng(1))
+    away = layout.labels == 0
+    # measured: no texture at the atoms' scale; not the whole image's roughness (0.5), which buries them
+    assert np.std(clean[away]) < 0.05 * np.median(clean[away])
+    assert np.max(clean) > 1.2 * np.median(clean[away])
+
+
 def test_particle_local_contrast_is_fitted_and_rendered_back():
     from types import SimpleNamespace
 

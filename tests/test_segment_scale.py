@@ -18,6 +18,13 @@ def test_plan_uses_the_ratio_of_pixel_sizes():
     assert not uncalibrated.resampled and uncalibrated.calibrated is False
 
 
+def test_a_pixel_size_within_the_tolerance_keeps_the_native_grid():
+    # 512 px over 15 nm (0.0293 nm/px) for a 0.03 nm/px model: interpolating by 0.977 would modulate the noise
+    native = plan_scaling((512, 512), 0.029297, 0.03)
+    assert not native.resampled and native.calibrated and native.working_shape == (512, 512)
+    assert plan_scaling((512, 512), 0.0288, 0.03).resampled  # 4 % off: resampled
+
+
 def test_plan_refuses_a_working_grid_that_would_exhaust_memory():
     with pytest.raises(InputError, match=r"overview\.tif: at 0\.5 nm/px, resampling to the model's 0\.005 nm/px"):
         plan_scaling((4096, 4096), 0.5, 0.005, "overview.tif")

@@ -1,7 +1,7 @@
 """The support of real micrographs, as the ``physical`` generator measures and reuses it.
 
 - Statistics of the signal (:func:`dark_level`, :func:`white_noise_variance`,
-  :func:`robust_variance`) and the support under objects interpolated from
+  :func:`clipped_variance`, :func:`robust_variance`) and the support under objects interpolated from
   around them (:func:`support_under`), shared by the generator's fits;
 - the bank of real supports behind ``support: real`` (:func:`build_bank`, one
   micrograph at a time by :func:`empty_support`):
@@ -39,10 +39,33 @@ MISSED_OBJECT_SIGMA = 3.0
 
 def white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
     """Pixel noise variance from the fourth difference along rows (cancels smooth texture; Σ w² = 70),
-    over the pixels of ``where`` (away from objects, whose edges are not noise)."""
+    over the pixels of ``where`` (away from objects, whose edges are not noise).
+
+    A mean square: unbiased for white noise of any distribution, so it is best subtracted from a
+    mean-square variance (:func:`clipped_variance`). Subtracted from a :func:`robust_variance` it
+    removes too much where the noise is heavy-tailed (HAADF detectors: each electron's pulse height
+    varies): on 8 of the 11 acstem-dev images that mix left a negative texture.
+    """
     fourth = (data[:, :-4] - 4 * data[:, 1:-3] + 6 * data[:, 2:-2] - 4 * data[:, 3:-1] + data[:, 4:])
     use = where[:, 2:-2] & where[:, :-4] & where[:, 4:]
     return float(np.mean(fourth[use] ** 2)) / 70.0 if use.any() else 0.0
+
+
+def clipped_variance(values: np.ndarray, clip: float = 5.0, iterations: int = 5) -> float:
+    """Variance after iterative ``clip``-sigma clipping: gross outliers (hot pixels, bright objects the
+    prior missed) are dropped; the noise's own tails, even exponential ones, lie almost all within
+    5 sigma (Laplace noise keeps 97 % of its variance)."""
+    values = np.asarray(values, np.float64).ravel()
+    keep = np.isfinite(values)
+    if not keep.any():
+        return 0.0
+    for _ in range(iterations):
+        mean, std = values[keep].mean(), values[keep].std()
+        new = np.abs(values - mean) <= clip * std
+        if std == 0 or np.array_equal(new, keep):
+            break
+        keep = new
+    return float(values[keep].var())
 
 
 def robust_variance(values: np.ndarray) -> float:
