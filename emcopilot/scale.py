@@ -45,6 +45,12 @@ class Scaling:
     def resampled(self) -> bool:
         return self.working_shape != self.original_shape
 
+    @property
+    def grid_pixel_size_nm(self) -> float:
+        """The pixel size of the grid the image is processed on: its own when it is kept as it is
+        (within :data:`FACTOR_TOLERANCE`), else the working one."""
+        return self.pixel_size_nm if self.pixel_size_nm and not self.resampled else self.working_pixel_size_nm
+
     def as_dict(self) -> dict:
         return {"pixel_size_nm": self.pixel_size_nm, "working_pixel_size_nm": self.working_pixel_size_nm,
                 "calibrated": self.calibrated, "scale_factor": self.factor,

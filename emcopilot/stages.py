@@ -181,11 +181,7 @@ class LoopState:
 
     def _resample_to_working(self) -> list[Micrograph]:
         from .scale import to_working
-        def pixel_size(m: Micrograph, scaling) -> float:
-            # an image kept on its own grid (within the resampling tolerance) keeps its own pixel size
-            return m.pixel_size_nm if m.pixel_size_nm and not scaling.resampled else self.working_px
-
-        return [Micrograph(to_working(m.data, scaling), pixel_size_nm=pixel_size(m, scaling), modality=m.modality,
+        return [Micrograph(to_working(m.data, scaling), pixel_size_nm=scaling.grid_pixel_size_nm, modality=m.modality,
                            source=m.source, name=m.name, metadata=m.metadata)
                 for m, scaling in zip(self.micrographs, self.scalings())]
 

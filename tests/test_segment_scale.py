@@ -22,6 +22,7 @@ def test_a_pixel_size_within_the_tolerance_keeps_the_native_grid():
     # 512 px over 15 nm (0.0293 nm/px) for a 0.03 nm/px model: interpolating by 0.977 would modulate the noise
     native = plan_scaling((512, 512), 0.029297, 0.03)
     assert not native.resampled and native.calibrated and native.working_shape == (512, 512)
+    assert native.grid_pixel_size_nm == 0.029297  # its own pixel size, not the model's
     assert plan_scaling((512, 512), 0.0288, 0.03).resampled  # 4 % off: resampled
 
 
