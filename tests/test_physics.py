@@ -486,6 +486,32 @@ def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_
         again.load(tmp_path)
 
 
+def test_emptied_particles_take_the_supports_own_correlated_texture():
+    """Holes are filled with texture copied from elsewhere: correlated as the real support's, with the
+    shot-noise amplitude of the level they land on (white noise would leave a patch of another grain)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    grain = ndimage.gaussian_filter(rng.standard_normal((400, 400)), 2.0)
+    grain /= grain.std()
+    level = np.where(np.arange(400)[None, :] < 200, 1.0, 4.0) * np.ones((400, 400))
+    residual = np.sqrt(level) * grain  # texture amplitude grows as sqrt(level): shot-noise-like
+    known = np.ones((400, 400), bool)
+    for row, col in [(100, 100), (300, 100), (100, 300), (300, 300)]:
+        known[row - 15:row + 15, col - 15:col + 15] = False
+    filled = background.borrowed_texture(residual, known, level, np.random.default_rng(0))
+    assert np.array_equal(filled[known], np.zeros(known.sum())) and np.isfinite(filled).all()
+
+    def lag1(values):
+        return float(np.corrcoef(values[:, :-1].ravel(), values[:, 1:].ravel())[0, 1])
+
+    reference = lag1(residual[85:115, 85:115])
+    for row, col, amplitude in [(100, 100, 1.0), (100, 300, 2.0)]:
+        patch = filled[row - 15:row + 15, col - 15:col + 15]
+        assert lag1(patch) > 0.6 * reference > 0.4  # correlated like the grain, not white
+        assert float(patch.std()) == pytest.approx(amplitude, rel=0.35)  # the local level's amplitude
+
+
 def test_real_support_crops_show_support_not_vacuum():
     from types import SimpleNamespace
 

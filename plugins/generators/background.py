@@ -8,7 +8,8 @@
   crops of the working-grid micrographs in which the prior's objects, and any
   other compact excess of their polarity over :data:`MISSED_OBJECT_SIGMA`
   robust standard deviations at their scale, are replaced by the support
-  interpolated from their rim plus noise at the support's roughness;
+  interpolated from their rim plus the support's own texture copied from elsewhere
+  (:func:`borrowed_texture`);
   :func:`random_crop` draws from it; :func:`save_bank` / :func:`load_bank`
   keep it next to the model without pickles.
 """
@@ -35,6 +36,8 @@ SUPPORT_CROP_TRIES = 20
 #: deviations are objects the prior missed; they are emptied too, so the bank teaches no missed particle
 #: as background.
 MISSED_OBJECT_SIGMA = 3.0
+#: Emptied pixels take the support's texture from elsewhere in the micrograph, at up to this many offsets.
+TEXTURE_OFFSETS = 16
 
 
 def white_noise_variance(data: np.ndarray, where: np.ndarray) -> float:
@@ -120,7 +123,7 @@ def build_bank(label_maps: Sequence[np.ndarray], images: Sequence[Any], modality
 def empty_support(labels: np.ndarray, raw: np.ndarray, modality: str,
                   rng: np.random.Generator) -> np.ndarray | None:
     """One micrograph with its prior objects and the compact excess they leave replaced by the support
-    interpolated from their rim (plus noise at the support's roughness), in units of its support level;
+    interpolated from their rim (plus its texture from elsewhere), in units of its support level;
     ``None`` when nothing of the support is left or it carries no signal."""
     from scipy import ndimage
 
@@ -145,12 +148,45 @@ def empty_support(labels: np.ndarray, raw: np.ndarray, modality: str,
     level = float(np.percentile(np.abs(signal[outside]), 75))  # a typical support level
     if level <= 0:
         return None
-    spread = math.sqrt(robust_variance((signal - support_under(signal, outside, diameter))[outside]))
-    support = support_under(signal, outside, 0.5 * diameter) + spread * rng.standard_normal(raw.shape)
-    filled = np.where(outside, signal, support)
+    level_under = support_under(signal, outside, 0.5 * diameter)
+    counts_under = support_under(raw - dark, outside, 0.5 * diameter)  # detected intensity (both modalities)
+    texture_fill = borrowed_texture(signal - level_under, outside, counts_under, rng)
+    filled = np.where(outside, signal, level_under + texture_fill)
     if modality != "haadf-stem":  # back to the transmitted signal
         filled = -filled
     return np.maximum(filled / level, 0.0).astype(np.float16)
+
+
+def borrowed_texture(residual: np.ndarray, known: np.ndarray, level: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """A texture for the pixels outside ``known``, copied from ``residual`` where it is known.
+
+    Each hole pixel takes the residual of a known pixel at one common random offset (the image is
+    treated as periodic), offset after offset until every hole is filled (at most
+    :data:`TEXTURE_OFFSETS`; what is left gets white noise of the residual's robust spread). A copy
+    is scaled by ``sqrt(level here / level there)``: the shot noise's variance grows with the
+    detected intensity ``level`` (counts above the detector's zero; clipped to a ratio of 1/4..4).
+    Copying keeps what white noise would lose: the spatial correlation of the real noise and support
+    grains (probe blur, scan, JPEG smoothing), so an emptied particle leaves no patch of a different
+    grain behind for the segmenter to learn from.
+    """
+    known = np.asarray(known, bool)
+    floor = max(float(np.percentile(level[known], 5)), 1e-12) if known.any() else 1.0
+    level = np.maximum(level, floor)
+    texture = np.zeros(residual.shape, np.float64)
+    todo = ~known
+    rows, cols = residual.shape
+    for _ in range(TEXTURE_OFFSETS):
+        if not todo.any():
+            break
+        shift = (int(rng.integers(rows)), int(rng.integers(cols)))
+        take = todo & np.roll(known, shift, axis=(0, 1))
+        ratio = np.clip(level[take] / np.roll(level, shift, axis=(0, 1))[take], 0.25, 4.0)
+        texture[take] = np.roll(residual, shift, axis=(0, 1))[take] * np.sqrt(ratio)
+        todo &= ~take
+    if todo.any():
+        texture[todo] = math.sqrt(robust_variance(residual[known])) * rng.standard_normal(int(todo.sum()))
+    return texture
 
 
 def _support_crops(emptied: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:

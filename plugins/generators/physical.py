@@ -54,8 +54,9 @@ support (HAADF particles and atoms, BF particles): ``fit`` keeps up to
 working grid, relative to its support level, mostly support rather than
 vacuum) in which the prior's objects, and any other compact bright excess
 over :data:`~.background.MISSED_OBJECT_SIGMA` robust standard deviations at their scale,
-are replaced by the support interpolated from around them (plus noise at
-the support's roughness). Grains, thickness steps, vacuum edges and the
+are replaced by the support interpolated from around them plus the support's
+own texture copied from elsewhere in the micrograph (white noise there would
+leave particle-shaped patches of another grain). Grains, thickness steps, vacuum edges and the
 detector's texture are then the real ones; only the objects and their
 labels are drawn. The crops are saved with the model (``support_bank.npz``,
 float16, read without pickles) and stay in the run directory.
