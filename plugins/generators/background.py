@@ -149,7 +149,7 @@ def empty_support(labels: np.ndarray, raw: np.ndarray, modality: str,
     if level <= 0:
         return None
     level_under = support_under(signal, outside, 0.5 * diameter)
-    counts_under = support_under(raw - dark, outside, 0.5 * diameter)  # detected intensity (both modalities)
+    counts_under = level_under if modality == "haadf-stem" else -level_under  # detected intensity, raw - dark
     texture_fill = borrowed_texture(signal - level_under, outside, counts_under, rng)
     filled = np.where(outside, signal, level_under + texture_fill)
     if modality != "haadf-stem":  # back to the transmitted signal
