@@ -288,13 +288,19 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files named directly, plus supported files inside named directories (sorted).
 
     In a directory, a ``.emi`` is skipped when its ``.ser`` files are present
-    (they hold the same images).
+    (they hold the same images); other files that no reader takes are named in
+    a warning (hidden files are skipped silently).
     """
     files: list[Path] = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file())
+            visible = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+            found = sorted(p for p in visible if p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            unread = sorted(p.name for p in visible if p.suffix.lower() not in SUPPORTED_EXTENSIONS)
+            if unread:
+                log.warning("%s: skipped %d file(s) no reader takes: %s%s", path, len(unread),
+                            ", ".join(unread[:5]), ", ..." if len(unread) > 5 else "")
             sers = {p.stem.rsplit("_", 1)[0] for p in found if p.suffix.lower() == ".ser"}
             files += [p for p in found if not (p.suffix.lower() == ".emi" and p.stem in sers)]
         else:

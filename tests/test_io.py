@@ -56,6 +56,18 @@ def test_directory_skips_emi_when_ser_present(shared_data):
     assert "64x64_TEM_images_acquire.emi" not in names
 
 
+def test_directory_names_files_no_reader_takes(tmp_path, caplog):
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "notes.txt").write_text("dose 20 e/A2")
+    (tmp_path / "frame.npy").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="emcopilot.io"):
+        assert [p.name for p in expand_inputs([tmp_path])] == ["a.png"]
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "skipped 2 file(s)" in warning and "frame.npy, notes.txt" in warning and ".DS_Store" not in warning
+
+
 @pytest.mark.parametrize("value, unit, nm", [(1, "nm", 1.0), (2, "Å", 0.2), (3, "A", 0.3), (500, "pm", 0.5),
                                              (0.01, "µm", 10.0), (0.01, "um", 10.0), (1e-9, "m", 1.0)])
 def test_unit_conversion(value, unit, nm):

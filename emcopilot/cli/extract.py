@@ -94,6 +94,6 @@ def run(args) -> int:
           f"{args.out / 'particles.csv'}")
     if errors:
         for name, message in errors:
-            print(f"failed: {name}: {message}")
+            print(f"failed: {message}" if message.startswith(str(name)) else f"failed: {name}: {message}")
         return 3
     return 0
