@@ -30,11 +30,11 @@ import numpy as np
 
 from .errors import InputError
 from .interfaces import Instances
+from .io import SUPPORTED_EXTENSIONS as IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 KINDS = ("points", "boxes", "labels")  # coarse -> fine
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".dm3", ".dm4", ".emd", ".mrc", ".hspy", ".ser")
 
 
 # --------------------------------------------------------------------------- objects
