@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_robustness.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scheduler", help="'local' (start a LocalCluster) or the address of a running one")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="passed on to `emcopilot segment --param` (e.g. test_time_flips=1)")
     args = parser.parse_args()
     inputs = args.work / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,8 @@ def main() -> None:
     model = args.model or classical_model(args.work)
     command = [sys.executable, "-m", "emcopilot", "segment", "--model", str(model), "--input", str(inputs),
                "--out", str(args.work / "run"), "--no-progress"]
+    for item in args.param:
+        command += ["--param", item]
     cluster = None
     if args.scheduler == "local":
         from dask.distributed import LocalCluster
@@ -117,7 +121,7 @@ def main() -> None:
               "failures_listed": len(failed), "all_corrupt_listed": sorted(corrupted) == failed,
               "exit_status": result.returncode, "wall_s": round(wall, 1),
               "images_per_s": round(len(run["images"]) / wall, 2), "workers": args.workers,
-              "scheduler": args.scheduler, "side_px": args.side_px,
+              "scheduler": args.scheduler, "side_px": args.side_px, "params": args.param,
               "model": str(model), "command": " ".join(command)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

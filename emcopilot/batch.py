@@ -10,25 +10,26 @@ one thread each) runs the tasks; with ``scheduler`` an existing
 """
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-_MODELS: dict[tuple[str, str | None], Any] = {}
+_MODELS: dict[tuple[str, str | None, str], Any] = {}
 
 
-def cached_model(model_dir: str, device: str | None) -> Any:
-    """The segmenter of ``model_dir``, loaded once per process."""
-    key = (str(Path(model_dir).resolve()), device)
+def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] | None = None) -> Any:
+    """The segmenter of ``model_dir`` (with ``params`` overriding its own), loaded once per process."""
+    key = (str(Path(model_dir).resolve()), device, json.dumps(params or {}, sort_keys=True))
     if key not in _MODELS:
         from .cli.segment import load_model
-        _MODELS[key] = load_model(Path(model_dir), device)
+        _MODELS[key] = load_model(Path(model_dir), device, params=params)
     return _MODELS[key]
 
 
 def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | None = None,
-                 device: str | None = None) -> dict[str, Any]:
+                 device: str | None = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Segment one input file; never raises for a bad file (the error is returned)."""
     from .io import read_micrograph
     from .measure import mask_file_name, particle_table
@@ -39,7 +40,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
     summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
     try:
         micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm)
-        segmenter = cached_model(model_dir, device)
+        segmenter = cached_model(model_dir, device, params)
     except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
         summary["errors"].append((path, _describe(error)))
         return summary
@@ -83,10 +84,11 @@ def _set_worker_threads() -> None:
 
 def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True) -> list[dict[str, Any]]:
+              progress: bool = True, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run :func:`segment_file` over ``paths``; summaries come back in input order."""
     from tqdm import tqdm
-    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device) for path in paths]
+    params = dict(params) if params else None
+    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params) for path in paths]
     if not workers and not scheduler:
         return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed

@@ -93,3 +93,28 @@ def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     segmenter.save(tmp_path / "model")
     rebuilt = load_model(tmp_path / "model")
     np.testing.assert_array_equal(rebuilt.predict(micrograph).labels, expected.labels)
+
+
+def test_param_overrides_reach_the_segmenter_and_are_recorded(model_dir, tmp_path, capsys):
+    import imageio.v3 as iio
+    from emcopilot.batch import cached_model
+    from emcopilot.cli.segment import parse_params
+
+    assert parse_params(["test_time_flips=4", "normalise_percentiles=[1, 99]", "device=cpu"]) == {
+        "test_time_flips": 4, "normalise_percentiles": [1, 99], "device": "cpu"}
+    image, _ = _disks(seed=1)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    iio.imwrite(inputs / "a.png", np.clip(image, 0, 255).astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["segment", "--model", str(model_dir), "--input", str(inputs), "--out", str(out),
+                 "--pixel-size-nm", "0.1", "--no-progress", "--param", "test_time_flips=4"]) == 0
+    assert json.loads((out / "run.json").read_text())["param_overrides"] == {"test_time_flips": 4}
+    assert cached_model(str(model_dir), None, {"test_time_flips": 4}).params["test_time_flips"] == 4
+    assert cached_model(str(model_dir), None).params["test_time_flips"] == 1  # the saved value, cached apart
+    capsys.readouterr()
+    for bad, message in (("flips=4", "flips"), ("test_time_flips", "expected NAME=VALUE"),
+                         ("test_time_flips=[1", "not valid YAML")):
+        assert main(["segment", "--model", str(model_dir), "--input", str(inputs), "--out", str(tmp_path / "x"),
+                     "--param", bad]) == 1
+        assert message in capsys.readouterr().err
