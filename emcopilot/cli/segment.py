@@ -27,7 +27,7 @@ def add_parser(subparsers):
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: the model's setting)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override one of the segmenter's parameters for this batch (repeatable; VALUE is "
-                             "read as YAML), e.g. --param test_time_flips=1 (4x faster, a little less accurate) "
+                             "read as YAML), e.g. --param test_time_flips=1 (about 3x faster, a little less accurate) "
                              "or --param peak_threshold=0.5")
     parser.add_argument("--workers", type=int, help="run on a local Dask cluster of N worker processes")
     parser.add_argument("--scheduler", metavar="ADDRESS",
