@@ -53,7 +53,8 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     extractor = recipe.prior_extractor.create(recipe.sample)
     read_errors: list = []
-    micrographs = read_micrographs(args.input, pixel_size_nm=args.pixel_size_nm, errors=read_errors)
+    paths = expand_inputs(args.input)  # once: a folder's unreadable files are reported once
+    micrographs = read_micrographs(paths, pixel_size_nm=args.pixel_size_nm, errors=read_errors)
     if not micrographs and not read_errors:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def run(args) -> int:
     write_json(args.out / "run.json", {
         "command": "extract", "recipe": recipe.as_dict(),
         "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
-        "inputs": input_sha256s(path for path in expand_inputs(args.input) if path.is_file()),
+        "inputs": input_sha256s(path for path in paths if path.is_file()),
         "images": images, "errors": [{"input": name, "error": message} for name, message in errors],
         "timings": {"total_s": time.perf_counter() - started}, "environment": environment()})
     print(f"{len(done)} micrograph(s), {len(table)} objects ({recipe.prior_extractor.plugin}) -> "
