@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = "nanoparticles-haadf"
 DEMO_IMAGES = 6
 DEMO_SIDE_PX = 384
+#: The segmenter's wall-time budget in the demo, so that the whole demo takes a few minutes on 2 CPU cores
+#: however fast they are (training anneals over the time it has; about 190 of 800 steps on a slow core).
+DEMO_TRAINING_MINUTES = 2.5
 
 
 def write_calibrated_tiff(path: Path, image: np.ndarray, pixel_size_nm: float) -> None:
@@ -88,7 +91,8 @@ def run_demo(out: Path, recipe_name: str = DEMO_RECIPE, progress: bool = True) -
     started = time.perf_counter()
     recipe = load_recipe(recipe_name)
     made = make_experiment(recipe, out)
-    result = Loop(recipe, [path for path, _ in made], out / "run", progress=progress).run()
+    result = Loop(recipe, [path for path, _ in made], out / "run", progress=progress,
+                  max_minutes=DEMO_TRAINING_MINUTES).run()
     scores = score(recipe, result.instances, [truth for _, truth in made])
     scores["wall_time_s"] = round(time.perf_counter() - started, 1)
     scores["recipe"] = recipe.name

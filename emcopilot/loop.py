@@ -62,14 +62,19 @@ class Loop:
 
     def __init__(self, recipe: Recipe, inputs: Sequence[str | Path], out: Path, *,
                  profile: str | None = None, pixel_size_nm: float | None = None,
-                 force: str | None = None, device: str = "auto", progress: bool = True):
+                 force: str | None = None, device: str = "auto", progress: bool = True,
+                 max_minutes: float | None = None):
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
         self.inputs = [Path(p) for p in inputs]
         self.out = Path(out)
         self.profile_name = profile or recipe.train["profile"]
-        self.profile = recipe.profile(self.profile_name)
+        self.profile = dict(recipe.profile(self.profile_name))
+        if max_minutes is not None:  # the wall-time budget of each training stage, instead of the profile's
+            if not max_minutes > 0:
+                raise EmcopilotError(f"max_minutes must be positive, got {max_minutes!r}")
+            self.profile["max_minutes"] = float(max_minutes)
         self.pixel_size_override = pixel_size_nm
         self.force = force
         self.device = device

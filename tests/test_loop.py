@@ -89,6 +89,15 @@ def test_changed_budget_recomputes_only_what_depends_on_it(experiment, tmp_path)
     assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
 
 
+def test_max_minutes_from_the_command_line_is_the_training_budget(experiment, tmp_path, capsys):
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out, "--max-minutes", "30") == 0
+    assert run_info(out)["profile"]["max_minutes"] == 30.0
+    assert run(recipe, inputs, tmp_path / "bad", "--max-minutes", "0") != 0
+    assert "max_minutes must be positive" in capsys.readouterr().err
+
+
 def test_two_rounds_use_confident_predictions(experiment, tmp_path):
     recipe, inputs = experiment
     two = tiny_recipe(tmp_path, rounds=2)

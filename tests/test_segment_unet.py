@@ -1,6 +1,7 @@
 """The ``unet`` segmenter on toy tasks: learning, tiling, scale, persistence, bad input."""
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy as np
@@ -198,6 +199,23 @@ def test_training_is_deterministic_with_the_seed():
         segmenter.fit([image], [Instances(labels=labels)], None, budget=budget)
         states.append(segmenter.net.state_dict())
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_a_wall_time_budget_stops_training_early_with_the_rate_annealed(monkeypatch):
+    from emcopilot_plugins.segmenters import unet as unet_module
+
+    assert unet_module._cosine_lr(1.0, 0.0) == 1.0 and unet_module._cosine_lr(1.0, 1.0) == pytest.approx(0.1)
+    assert unet_module._training_progress(5, 10, 1.0, None) == 0.5
+    assert unet_module._training_progress(5, 10, 30.0, 40.0) == 0.75  # the clock binds first
+    clock = iter(range(0, 10_000, 20))  # each reading of the clock is 20 s later: 3 steps fit in a minute
+    monkeypatch.setattr(unet_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    image, labels = toy_particles(0, size=64)
+    rates = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: rates.append(self.param_groups[0]["lr"]))
+    budget = TrainBudget(steps=1000, batch_size=2, crop_px=32, seed=0, progress=False, max_minutes=1.0)
+    history = unet(PARTICLES, learning_rate=1e-3).fit([image], [Instances(labels=labels)], None, budget=budget)
+    assert history["steps"] == len(rates) < 1000 and "max_minutes 1.0" in history["stopped_early"]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.5e-3  # annealed by time, not by step count
 
 
 def test_fit_names_bad_training_pairs():

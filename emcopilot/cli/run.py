@@ -14,6 +14,9 @@ def add_parser(subparsers):
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     parser.add_argument("--profile", help="training profile of the recipe (default: the recipe's)")
     parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    parser.add_argument("--max-minutes", type=float, metavar="MIN",
+                        help="wall-time budget of each training stage (overrides the profile's max_minutes); "
+                             "training then anneals over the time it has instead of its step count")
     parser.add_argument("--force", metavar="STAGE", help="redo this stage and all later ones")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -25,7 +28,8 @@ def run(args) -> int:
     from ..recipe import load_recipe
     recipe = load_recipe(args.recipe)
     result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=args.pixel_size_nm,
-                  force=args.force, device=args.device, progress=not args.no_progress).run()
+                  force=args.force, device=args.device, progress=not args.no_progress,
+                  max_minutes=args.max_minutes).run()
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
     print(f"{len(result.micrographs)} micrograph(s), {pooled.get('detected', 0)} objects; "

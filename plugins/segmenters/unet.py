@@ -236,13 +236,22 @@ class UNetSegmenter:
         weights /= weights.sum()
         net = self.net.to(device).train()
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.params["learning_rate"], weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, budget.steps), eta_min=0.1 * self.params["learning_rate"])
         history: dict[str, Any] = {"loss": [], "step": [], "device": str(device), "crop_px": crop,
                                    "batch_size": budget.batch_size, "seed": budget.seed}
         started = time.perf_counter()
+        limit_s = 60 * budget.max_minutes if budget.max_minutes else None
         progress = _progress(budget)
         step = 0
         for step in range(1, budget.steps + 1):
+            done = _training_progress(step - 1, budget.steps, time.perf_counter() - started, limit_s)
+            if done >= 1:
+                log.warning("unet: stopped after step %d of %d: max_minutes=%s reached", step - 1, budget.steps,
+                            budget.max_minutes)
+                history["stopped_early"] = f"max_minutes {budget.max_minutes} reached after step {step - 1}"
+                step -= 1
+                break
+            for group in optimiser.param_groups:
+                group["lr"] = _cosine_lr(self.params["learning_rate"], done)
             batch = torch.from_numpy(np.stack([self._sample_crop(stacks[i], crop, rng)
                                                for i in rng.choice(len(stacks), budget.batch_size, p=weights)]))
             batch = batch.to(device)
@@ -250,16 +259,11 @@ class UNetSegmenter:
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            schedule.step()
             if step % 10 == 0 or step == budget.steps:
                 history["loss"].append(float(loss.detach()))
                 history["step"].append(step)
             if progress:
                 progress.update(1)
-            if budget.max_minutes and time.perf_counter() - started > 60 * budget.max_minutes:
-                log.warning("unet: stopped at step %d of %d: max_minutes=%s reached", step, budget.steps,
-                            budget.max_minutes)
-                break
         if progress:
             progress.close()
         net.eval()
@@ -409,6 +413,22 @@ class UNetSegmenter:
         self.normalisation = dict(config.get("normalisation", self.normalisation))
         self.net.to(self.device).eval()
         self.trained = True
+
+
+def _training_progress(step: int, steps: int, elapsed_s: float, limit_s: float | None) -> float:
+    """How far training is, 0..1: by steps, or by wall time where ``limit_s`` binds first.
+
+    The learning-rate schedule follows this, so a run cut short by ``max_minutes`` on a slow machine
+    still anneals to the end instead of stopping at a high rate.
+    """
+    done = step / max(1, steps)
+    return max(done, elapsed_s / limit_s) if limit_s else done
+
+
+def _cosine_lr(base_lr: float, progress: float) -> float:
+    """Cosine annealing (Loshchilov & Hutter, SGDR, 2017) from ``base_lr`` to a tenth of it."""
+    floor = 0.1 * base_lr
+    return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _progress(budget: TrainBudget):
