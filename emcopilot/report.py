@@ -77,7 +77,7 @@ def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
     axis.hist(diameters, bins=min(40, max(8, len(diameters) // 5)), density=True, color="#7a9cc6",
               edgecolor="white", label=f"n = {len(diameters)} (edge-touching excluded)")
     fit = pooled.get("lognormal")
-    if fit:
+    if fit and fit["sigma"] > 1e-3:  # objects of one size (atoms drawn as equal disks) have no curve to draw
         grid = np.linspace(diameters.min() * 0.8, diameters.max() * 1.1, 300)
         pdf = np.exp(-(np.log(grid) - fit["mu"]) ** 2 / (2 * fit["sigma"] ** 2)) / (grid * fit["sigma"] * np.sqrt(2 * np.pi))
         axis.plot(grid, pdf, color="#c0392b", label=f"lognormal: median {fit['median']:.3g} {unit}, σ_ln {fit['sigma']:.2f}")

@@ -47,6 +47,22 @@ def test_report_is_self_contained(tmp_path):
     assert "mean diameter (nm)" in text
 
 
+def test_objects_of_one_size_get_a_histogram_without_a_fitted_curve():
+    import warnings
+
+    from emcopilot.report import histogram_figure
+
+    table = pd.DataFrame([dict(image="a.tif", id=k + 1, x=10 + 15 * k, y=40, bbox_x0=7 + 15 * k, bbox_y0=37,
+                               bbox_x1=14 + 15 * k, bbox_y1=44, area_px=37.0, eq_diameter_px=6.9,
+                               eq_diameter_nm=0.2, touches_edge=False) for k in range(5)])
+    statistics = size_statistics(table, {"a.tif": {"shape": (96, 96), "pixel_size_nm": 0.03}}, n_boot=20)
+    assert statistics["pooled"]["lognormal"]["sigma"] < 1e-9  # single atoms: one disk size
+    statistics["pooled"]["lognormal"]["sigma"] = 0.0  # exactly, as the fit gives for some counts of equal values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by a zero width
+        assert histogram_figure(table, statistics)
+
+
 def test_report_renders_in_headless_browser(tmp_path):
     browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
     if browser is None:

@@ -32,9 +32,10 @@ def run(args) -> int:
                   max_minutes=args.max_minutes).run()
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
+    low, high = pooled.get("ci", {}).get("mean", (float("nan"), float("nan")))
     print(f"{len(result.micrographs)} micrograph(s), {pooled.get('detected', 0)} objects; "
           f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
-          f"(95% CI {pooled.get('ci', {}).get('mean', '-')}) -> {result.out / 'report.html'}")
+          f"(95% CI [{low:.3g}, {high:.3g}]) -> {result.out / 'report.html'}")
     if result.errors:
         print(f"{len(result.errors)} input(s) failed: see {result.out / 'errors.csv'}")
         return 3
