@@ -27,7 +27,7 @@ DEMO_RECIPE = "nanoparticles-haadf"
 DEMO_IMAGES = 6
 DEMO_SIDE_PX = 384
 #: The segmenter's wall-time budget in the demo, so that the whole demo takes a few minutes on 2 CPU cores
-#: however fast they are (training anneals over the time it has; about 190 of 800 steps on a slow core).
+#: however fast they are (training anneals over the time it has; 208 of 800 steps on a slow 2-core machine).
 DEMO_TRAINING_MINUTES = 2.5
 
 
