@@ -13,6 +13,12 @@ Two training sources, the same evaluation:
 Sets: ``ardagen-haadf`` and ``ardagen-bf`` (YOLO boxes; a match is box IoU >= 0.5
 between the predicted particle's bounding box and the human box) and
 ``acstem`` (atom centres; a match is a distance <= ``--radius-nm``).
+
+``--recipe NAME`` makes the comparison with the closed loop exact: the U-Net gets
+that recipe's sample block and segmenter parameters (background, flips, peak
+threshold) and, unless given here, its ``fast`` profile's steps, batch, crop and
+``max_minutes``; only the training data differs (human labels of the other folds
+instead of synthetic images).
 The ardagen images carry no calibration: images wider than ``--max-image-px``
 are downsampled by an integer factor and then treated as being at
 ``--ardagen-pixel-size-nm`` (an assumption, recorded in the JSON; it only
@@ -20,6 +26,8 @@ matters for the synthetic source, whose particles are drawn in nm).
 
     python benchmarks/supervised_baseline.py --data ../shared/data --sets ardagen-haadf ardagen-bf acstem \
         --source human --folds 4 --steps 300 --out benchmarks/results/supervised_baseline.json
+    python benchmarks/supervised_baseline.py --data ../shared/data --sets acstem \
+        --recipe single-atom-catalyst-haadf --folds 3 --threads 2 --out /tmp/supervised_sac.json
 """
 from __future__ import annotations
 
@@ -179,10 +187,24 @@ def run_set(set_name: str, args) -> dict:
         items = load_acstem(args.data)
     else:
         items = load_ardagen(args.data, set_name == "ardagen-bf", args.max_image_px)
-    sample = sample_for(set_name, args.ardagen_pixel_size_nm)
-    params = {"depth": args.depth, "width": args.width, "tile_px": args.tile_px, "device": args.device}
-    budget = TrainBudget(steps=args.steps, batch_size=args.batch_size, crop_px=args.crop_px, seed=args.seed,
-                         device=args.device, progress=False)
+    if args.recipe:
+        from emcopilot.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        sample = recipe.sample
+        params = dict(recipe.segmenter.params, device=args.device)
+        profile = recipe.profile(args.profile)
+        budget = TrainBudget(steps=args.steps or int(profile["segmenter_steps"]),
+                             batch_size=args.batch_size or int(profile["batch_size"]),
+                             crop_px=args.crop_px or int(profile["crop_px"]),
+                             max_minutes=args.max_minutes or profile.get("max_minutes"),
+                             seed=args.seed, device=args.device, progress=False)
+    else:
+        sample = sample_for(set_name, args.ardagen_pixel_size_nm)
+        params = {"depth": args.depth, "width": args.width, "tile_px": args.tile_px, "device": args.device}
+        budget = TrainBudget(steps=args.steps or 300, batch_size=args.batch_size or 8, crop_px=args.crop_px or 128,
+                             max_minutes=args.max_minutes, seed=args.seed, device=args.device, progress=False)
+    segmenter_name = recipe.segmenter.plugin if args.recipe else "unet"
     started = time.perf_counter()
     rows, folds, histories = [], [], []
     if args.source == "human":
@@ -190,7 +212,7 @@ def run_set(set_name: str, args) -> dict:
         for fold in range(int(fold_of.max()) + 1):
             train = [item for item, f in zip(items, fold_of) if f != fold]
             test = [item for item, f in zip(items, fold_of) if f == fold]
-            segmenter = get_registry().get("segmenter", "unet").create(params, sample)
+            segmenter = get_registry().get("segmenter", segmenter_name).create(params, sample)
             torch.manual_seed(args.seed)
             histories.append(segmenter.fit(*human_pairs(train, sample), None, budget=budget))
             fold_rows = [score_item(segmenter, item, sample, args.radius_nm) for item in test]
@@ -199,7 +221,7 @@ def run_set(set_name: str, args) -> dict:
             print(f"  {set_name} fold {fold}: F1 {folds[-1]['f1']:.3f} ({time.perf_counter() - started:.0f} s)",
                   file=sys.stderr)
     else:
-        segmenter = get_registry().get("segmenter", "unet").create(params, sample)
+        segmenter = get_registry().get("segmenter", segmenter_name).create(params, sample)
         images, labels = synthetic_pairs(sample, args.synthetic_images, args.synthetic_px, args.seed)
         histories.append(segmenter.fit(images, labels, None, budget=budget))
         rows = [score_item(segmenter, item, sample, args.radius_nm) for item in items]
@@ -208,6 +230,10 @@ def run_set(set_name: str, args) -> dict:
               "seconds": time.perf_counter() - started,
               "train_seconds": sum(h["seconds"] for h in histories),
               "final_loss": [h["loss"][-1] if h["loss"] else None for h in histories],
+              "steps_trained": [h["step"][-1] if h["step"] else 0 for h in histories],
+              "stopped_early": [h.get("stopped_early") for h in histories],
+              "segmenter_params": params, "budget": {k: getattr(budget, k) for k in
+                                                     ("steps", "batch_size", "crop_px", "max_minutes", "seed")},
               "sample": sample.as_dict()}
     return result
 
@@ -219,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["ardagen-haadf", "ardagen-bf", "acstem"])
     parser.add_argument("--source", choices=["human", "synthetic"], default="human")
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop-px", type=int, default=128)
+    parser.add_argument("--recipe", help="take the sample, segmenter parameters and budget from this recipe")
+    parser.add_argument("--profile", help="the recipe's training profile (default: the recipe's own)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's, else 300)")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's, else 8")
+    parser.add_argument("--crop-px", type=int, help="default: the recipe's, else 128")
+    parser.add_argument("--max-minutes", type=float, help="training cap per fold (default: the recipe's, else none)")
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--tile-px", type=int, default=512)
