@@ -33,7 +33,7 @@ from .errors import EmcopilotError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
 from .io import expand_inputs, read_micrograph
 from .plugins import get_registry
-from .recipe import Recipe
+from .recipe import PROFILE_SCHEMA, Recipe
 from .rundir import RunDirectory, digest, environment, sha256_file, write_errors, write_json
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,12 @@ class Loop:
         self.out = Path(out)
         self.profile_name = profile or recipe.train["profile"]
         self.profile = dict(recipe.profile(self.profile_name))
-        if max_minutes is not None:  # the wall-time budget of each training stage, instead of the profile's
-            if not max_minutes > 0:
-                raise EmcopilotError(f"max_minutes must be positive, got {max_minutes!r}")
-            self.profile["max_minutes"] = float(max_minutes)
+        if max_minutes is not None:  # the wall-time budget of each training stage, instead of the profile's;
+            # the same rule as a recipe's train.profiles.*.max_minutes
+            value, problem = PROFILE_SCHEMA["max_minutes"].check(max_minutes)
+            if problem:
+                raise EmcopilotError(f"max_minutes (the training budget in minutes) {problem}")
+            self.profile["max_minutes"] = value
         self.pixel_size_override = pixel_size_nm
         self.force = force
         self.device = device

@@ -95,7 +95,8 @@ def test_max_minutes_from_the_command_line_is_the_training_budget(experiment, tm
     assert run(recipe, inputs, out, "--max-minutes", "30") == 0
     assert run_info(out)["profile"]["max_minutes"] == 30.0
     assert run(recipe, inputs, tmp_path / "bad", "--max-minutes", "0") != 0
-    assert "max_minutes must be positive" in capsys.readouterr().err
+    assert "max_minutes (the training budget in minutes) must be >= 0.1, got 0.0" in capsys.readouterr().err
+    assert run(recipe, inputs, tmp_path / "bad", "--max-minutes", "0.05") != 0  # a recipe would refuse it too
 
 
 def test_two_rounds_use_confident_predictions(experiment, tmp_path):
