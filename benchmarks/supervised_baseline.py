@@ -14,20 +14,23 @@ Sets: ``ardagen-haadf`` and ``ardagen-bf`` (YOLO boxes; a match is box IoU >= 0.
 between the predicted particle's bounding box and the human box) and
 ``acstem`` (atom centres; a match is a distance <= ``--radius-nm``).
 
-``--recipe NAME`` makes the comparison with the closed loop exact: the U-Net gets
-that recipe's sample block and segmenter parameters (background, flips, peak
-threshold) and, unless given here, its ``fast`` profile's steps, batch, crop and
-``max_minutes``; only the training data differs (human labels of the other folds
-instead of synthetic images).
 The ardagen images carry no calibration: images wider than ``--max-image-px``
 are downsampled by an integer factor and then treated as being at
 ``--ardagen-pixel-size-nm`` (an assumption, recorded in the JSON; it only
 matters for the synthetic source, whose particles are drawn in nm).
 
+``--recipe NAME`` makes the comparison with the closed loop exact: the U-Net gets
+that recipe's sample block and segmenter parameters (background, flips, peak
+threshold) and, unless given here, its ``fast`` profile's steps, batch, crop and
+``max_minutes``; only the training data differs (human labels of the other folds
+instead of synthetic images). The (downsampled) ardagen images are then treated as
+being at the recipe's working pixel size instead of ``--ardagen-pixel-size-nm``.
+
     python benchmarks/supervised_baseline.py --data ../shared/data --sets ardagen-haadf ardagen-bf acstem \
         --source human --folds 4 --steps 300 --out benchmarks/results/supervised_baseline.json
     python benchmarks/supervised_baseline.py --data ../shared/data --sets acstem \
-        --recipe single-atom-catalyst-haadf --folds 3 --threads 2 --out /tmp/supervised_sac.json
+        --recipe single-atom-catalyst-haadf --folds 3 --threads 2 --peak-thresholds 0.3 0.4 0.5 0.7 \
+        --out /tmp/supervised_sac.json
 """
 from __future__ import annotations
 
