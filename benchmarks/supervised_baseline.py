@@ -262,7 +262,7 @@ def run_set(set_name: str, args) -> dict:
               "seconds": time.perf_counter() - started,
               "train_seconds": sum(h["seconds"] for h in histories),
               "final_loss": [h["loss"][-1] if h["loss"] else None for h in histories],
-              "steps_trained": [h["step"][-1] if h["step"] else 0 for h in histories],
+              "steps_trained": [h["steps"] for h in histories],
               "stopped_early": [h.get("stopped_early") for h in histories],
               "segmenter_params": params, "budget": {k: getattr(budget, k) for k in
                                                      ("steps", "batch_size", "crop_px", "max_minutes", "seed")},
