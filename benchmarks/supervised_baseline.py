@@ -222,7 +222,7 @@ def run_set(set_name: str, args) -> dict:
         from emcopilot.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
-        sample = recipe.sample
+        sample, segmenter_name = recipe.sample, recipe.segmenter.plugin
         params = dict(recipe.segmenter.params, device=args.device)
         profile = recipe.profile(args.profile)
         budget = TrainBudget(steps=args.steps or int(profile["segmenter_steps"]),
@@ -231,11 +231,10 @@ def run_set(set_name: str, args) -> dict:
                              max_minutes=args.max_minutes or profile.get("max_minutes"),
                              seed=args.seed, device=args.device, progress=False)
     else:
-        sample = sample_for(set_name, args.ardagen_pixel_size_nm)
+        sample, segmenter_name = sample_for(set_name, args.ardagen_pixel_size_nm), "unet"
         params = {"depth": args.depth, "width": args.width, "tile_px": args.tile_px, "device": args.device}
         budget = TrainBudget(steps=args.steps or 300, batch_size=args.batch_size or 8, crop_px=args.crop_px or 128,
                              max_minutes=args.max_minutes, seed=args.seed, device=args.device, progress=False)
-    segmenter_name = recipe.segmenter.plugin if args.recipe else "unet"
     started = time.perf_counter()
     rows, folds, histories = [], [], []
     if args.source == "human":
@@ -283,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="default: the recipe's, else 8")
     parser.add_argument("--crop-px", type=int, help="default: the recipe's, else 128")
     parser.add_argument("--max-minutes", type=float, help="training cap per fold (default: the recipe's, else none)")
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--tile-px", type=int, default=512)
+    parser.add_argument("--depth", type=int, default=3, help="without --recipe (a recipe brings its own)")
+    parser.add_argument("--width", type=int, default=16, help="without --recipe")
+    parser.add_argument("--tile-px", type=int, default=512, help="without --recipe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
