@@ -18,6 +18,13 @@ Writes JSON (pooled and per-image scores, per-stage times from ``run.json``,
 the targets) and prints a summary line. ``--work`` keeps the run directory;
 running again with the same ``--work`` resumes finished stages (so the wall
 time then measures only what was redone).
+
+``--oracle-scale`` is the error budget's "scale known" row: each particle image
+gets, through ``--calibration``, the pixel size at which its median human box
+spans the recipe's typical diameter (the geometric mean of ``diameter_nm``), so
+the loop is run as if the scale were known and nothing else changes. The labels
+then enter the run (as the scale only); the figure is a diagnostic, not a
+label-free result. (The single-atom images carry their calibration already.)
 """
 from __future__ import annotations
 
@@ -63,6 +70,26 @@ def evaluate_args(data: Path, name: str, predictions: Path, report: Path) -> lis
     return args + ["--format", "yolo", "--images", str(data / folder / "images")]
 
 
+def oracle_calibration(data: Path, name: str, recipe: str, images: list[Path], path: Path) -> Path:
+    """A calibration table giving each image the pixel size its median human box implies."""
+    import math
+
+    import numpy as np
+    from emcopilot.evaluate import read_yolo_truth
+    from emcopilot.io import read_micrograph
+    from emcopilot.recipe import load_recipe
+
+    typical_nm = math.sqrt(math.prod(load_recipe(recipe).sample.diameter_nm))
+    lines = ["image,pixel_size_nm"]
+    for image in images:
+        shape = read_micrograph(image)[0].shape
+        boxes = read_yolo_truth(data / SETS[name][0] / "labels" / f"{image.stem}.txt", shape)
+        box_px = float(np.median(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))))
+        lines.append(f"{image.name},{typical_nm / box_px:.6g}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def emcopilot(*args: str, log=None) -> None:
     command = [sys.executable, "-m", "emcopilot", *args]
     completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT if log else None, text=True,
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", help="recipe name or YAML (default: the set's built-in recipe)")
     parser.add_argument("--work", help="keep the run here (default: a temporary folder)")
     parser.add_argument("--out", help="JSON report (default: stdout only)")
+    parser.add_argument("--oracle-scale", action="store_true",
+                        help="diagnostic: each image's pixel size from its human boxes (see above)")
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -92,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     for image in images:  # the run sees exactly this set, under the images' own names
         (inputs / image.name).symlink_to(image.resolve())
     run = work / "run"
+    extra = []
+    if args.oracle_scale and args.set != "acstem":
+        extra = ["--calibration", str(oracle_calibration(data, args.set, recipe, images, work / "oracle.csv"))]
     with open(work / "run.log", "w") as log:
         started = time.perf_counter()
-        emcopilot("run", recipe, "--input", str(inputs), "--out", str(run), "--no-progress", log=log)
+        emcopilot("run", recipe, "--input", str(inputs), "--out", str(run), "--no-progress", *extra, log=log)
         wall_s = time.perf_counter() - started
     report = work / "evaluation.json"
     with open(work / "evaluate.log", "w") as log:
@@ -103,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     provenance = json.loads((run / "run.json").read_text())
     pooled = evaluation["pooled"]
     result = {
-        "set": args.set, "recipe": recipe, "images": len(images), "profile": provenance.get("profile"),
+        "set": args.set, "recipe": recipe, "oracle_scale": bool(extra), "images": len(images), "profile": provenance.get("profile"),
         "wall_time_s": round(wall_s, 1), "stage_times_s": provenance.get("timings_s"),
         "stages_reused": provenance.get("stages_reused"),
         "pooled": pooled, "per_image": evaluation.get("images"), "targets": targets,

@@ -29,7 +29,8 @@ def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] |
 
 
 def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | None = None,
-                 device: str | None = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 device: str | None = None, params: Mapping[str, Any] | None = None,
+                 calibration: Any = None) -> dict[str, Any]:
     """Segment one input file; never raises for a bad file (the error is returned)."""
     from .io import read_micrograph
     from .measure import mask_file_name, particle_table
@@ -39,7 +40,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
     out_dir = Path(out)
     summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
     try:
-        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm)
+        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration)
         segmenter = cached_model(model_dir, device, params)
     except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
         summary["errors"].append((path, _describe(error)))
@@ -59,7 +60,9 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
             summary["errors"].append((f"{path} ({micrograph.name})", _describe(error)))
             continue
         summary["images"].append({"name": micrograph.name, "part": str(part), "shape": list(micrograph.shape),
-                                  "pixel_size_nm": micrograph.pixel_size_nm, "objects": int(len(table)),
+                                  "pixel_size_nm": micrograph.pixel_size_nm,
+                                  "pixel_size_source": micrograph.metadata.get("pixel_size_source"),
+                                  "objects": int(len(table)),
                                   "seconds": time.perf_counter() - started})
     return summary
 
@@ -84,11 +87,14 @@ def _set_worker_threads() -> None:
 
 def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run :func:`segment_file` over ``paths``; summaries come back in input order."""
+              progress: bool = True, params: Mapping[str, Any] | None = None,
+              calibration: Any = None) -> list[dict[str, Any]]:
+    """Run :func:`segment_file` over ``paths``; summaries come back in input order. ``calibration`` is
+    an :class:`emcopilot.calibration.CalibrationTable` of per-file pixel sizes."""
     from tqdm import tqdm
     params = dict(params) if params else None
-    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params) for path in paths]
+    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params, calibration)
+                 for path in paths]
     if not workers and not scheduler:
         return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed

@@ -14,12 +14,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import InputError, ReadError
 from .interfaces import Micrograph
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationTable
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +238,14 @@ def _micrograph(frame: np.ndarray, pixel_size_nm: float | None, path: Path, name
         raise ReadError(str(error)) from None
 
 
-def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None) -> list[Micrograph]:
+def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
+                    calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
     """Read one file into one micrograph per frame.
 
-    ``pixel_size_nm`` overrides the file's calibration (or supplies a missing one).
+    ``pixel_size_nm`` overrides the file's calibration (or supplies a missing one); an entry for
+    this file in a ``calibration`` table (:mod:`emcopilot.calibration`) wins over both. Each
+    micrograph's ``metadata["pixel_size_source"]`` says which applied (``file``,
+    ``--pixel-size-nm``, ``calibration table``), and is absent when there is no pixel size.
     Raises :class:`ReadError` naming the file and the reader that failed.
     """
     path = Path(path)
@@ -273,14 +280,22 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None)
         micrographs = _read_rsciio(path, label)
     else:
         micrographs = _read_plain(path, label)
+    source = "--pixel-size-nm"
+    table_entry = calibration.pixel_size_for(path) if calibration is not None else None
+    if table_entry is not None:
+        pixel_size_nm, source = table_entry, "calibration table"
+    for micrograph in micrographs:
+        if micrograph.pixel_size_nm is not None:
+            micrograph.metadata["pixel_size_source"] = "file"
     if pixel_size_nm is not None:
         for micrograph in micrographs:
             micrograph.metadata["file_pixel_size_nm"] = micrograph.pixel_size_nm
             micrograph.metadata["pixel_size_override"] = True
+            micrograph.metadata["pixel_size_source"] = source
             try:
                 micrograph.pixel_size_nm = Micrograph(micrograph.data[:2, :2], pixel_size_nm).pixel_size_nm
             except InputError as error:
-                raise ReadError(f"{label}: --pixel-size-nm: {error}") from None
+                raise ReadError(f"{label}: {source}: {error}") from None
     return micrographs
 
 
@@ -309,12 +324,13 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_micrographs(paths: Iterable[str | os.PathLike], pixel_size_nm: float | None = None,
-                     errors: list[tuple[Path, str]] | None = None) -> list[Micrograph]:
+                     errors: list[tuple[Path, str]] | None = None,
+                     calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
     """Read many files. With an ``errors`` list, failures are appended and the rest continue."""
     micrographs: list[Micrograph] = []
     for path in expand_inputs(paths):
         try:
-            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm)
+            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration)
         except ReadError as error:
             if errors is None:
                 raise

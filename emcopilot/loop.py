@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 
 from . import __version__
@@ -35,6 +35,9 @@ from .io import expand_inputs, read_micrograph
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
 from .rundir import RunDirectory, digest, environment, sha256_file, write_errors, write_json
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationTable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Loop:
     def __init__(self, recipe: Recipe, inputs: Sequence[str | Path], out: Path, *,
                  profile: str | None = None, pixel_size_nm: float | None = None,
                  force: str | None = None, device: str = "auto", progress: bool = True,
-                 max_minutes: float | None = None):
+                 max_minutes: float | None = None, calibration: "CalibrationTable | None" = None):
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
@@ -78,6 +81,7 @@ class Loop:
                 raise EmcopilotError(f"max_minutes (the training budget in minutes) {problem}")
             self.profile["max_minutes"] = value
         self.pixel_size_override = pixel_size_nm
+        self.calibration_table = calibration
         self.force = force
         self.device = device
         self.progress = progress
@@ -138,7 +142,8 @@ class Loop:
         micrographs, errors, hashes = [], [], {}
         for path in expand_inputs(self.inputs):
             try:
-                frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override)
+                frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override,
+                                         calibration=self.calibration_table)
                 hashes[str(path)] = sha256_file(path)
             except ReadError as error:
                 log.warning("%s", error)
@@ -158,7 +163,10 @@ class Loop:
         with RunDirectory(self.out) as run:
             micrographs, errors, hashes = self.read_inputs(run)
             contents = sorted((Path(path).name, sha) for path, sha in hashes.items())  # not where they are
-            base = {"inputs": contents, "pixel_size_override": self.pixel_size_override,
+            given = {m.name: m.pixel_size_nm for m in micrographs
+                     if m.metadata.get("pixel_size_source") == "calibration table"}
+            override = [self.pixel_size_override, given] if given else self.pixel_size_override
+            base = {"inputs": contents, "pixel_size_override": override,
                     "plugins": self.plugin_versions()}
             state = stages.LoopState(self, run, micrographs)
             for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
@@ -173,7 +181,7 @@ class Loop:
     def notes(self, errors) -> list[str]:
         notes = [f"Recipe {self.recipe.name!r}, profile {self.profile_name!r}, "
                  f"{self.recipe.train['rounds']} round(s), seed {self.seed}."]
-        estimated = [name for name, c in self.calibration.items() if c.get("source") == "estimated from priors"]
+        estimated = [name for name, c in self.calibration.items() if c.get("source") == "estimated"]
         if estimated:
             notes.append(f"{len(estimated)} image(s) had no calibration; their pixel size was estimated from the "
                          "priors against the recipe's expected particle sizes (see run.json, 'calibration').")

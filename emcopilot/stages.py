@@ -132,15 +132,15 @@ class LoopState:
 
     def _calibration_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
         if micrograph.pixel_size_nm is not None:
-            source = "override" if micrograph.metadata.get("pixel_size_override") else "file"
-            return {"pixel_size_nm": micrograph.pixel_size_nm, "source": source}
+            return {"pixel_size_nm": micrograph.pixel_size_nm,
+                    "source": micrograph.metadata.get("pixel_size_source", "file")}
         estimate = instances.metadata.get("pixel_size_nm_estimate")  # the extractor has said so in the log
         if estimate is None:
             from .morphology import estimate_pixel_size_nm
             estimate = estimate_pixel_size_nm(micrograph, self.sample)
             log.warning("%s has no calibration: estimated %.4g nm/px against the recipe's expected sizes "
                         "(give --pixel-size-nm to override)", micrograph.name, estimate)
-        return {"pixel_size_nm": float(estimate), "source": "estimated from priors"}
+        return {"pixel_size_nm": float(estimate), "source": "estimated"}
 
     def priors_from_predictions(self, round_index: int):
         def compute(directory: Path) -> None:

@@ -50,7 +50,7 @@ def test_extract_writes_table_masks_prior_and_errors(tmp_path, capsys):
     errors = pd.read_csv(out / "errors.csv")
     assert errors["input"].str.endswith("broken.png").all()
     run = json.loads((out / "run.json").read_text())
-    assert run["images"]["a.png"]["pixel_size_source"] == "override"
+    assert run["images"]["a.png"]["pixel_size_source"] == "--pixel-size-nm"
     assert run["prior_extractor"]["plugin"] == "classical"
 
 

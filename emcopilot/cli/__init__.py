@@ -18,6 +18,35 @@ from ..errors import EmcopilotError
 COMMANDS = ("plugins", "recipes", "validate", "extract", "run", "segment", "evaluate", "demo")
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--pixel-size-nm`` and ``--calibration``, the same for every command that reads micrographs."""
+    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    parser.add_argument("--calibration", metavar="CSV",
+                        help="per-file pixel sizes, a CSV with the header 'image,pixel_size_nm' (file names or "
+                             "paths); an entry wins over the file's calibration and --pixel-size-nm")
+
+
+def read_calibration_arguments(args, inputs=()):
+    """The checked ``--pixel-size-nm`` and the ``--calibration`` table (or ``None``) of parsed ``args``.
+
+    Table rows that match none of ``inputs`` are named in a warning (a misspelt file name would
+    otherwise leave that image uncalibrated without a word).
+    """
+    from ..calibration import read_calibration_table
+    from ..errors import InputError
+
+    if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
+        raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
+    table = read_calibration_table(args.calibration) if args.calibration else None
+    if table is not None and inputs:
+        unused = table.unused(inputs)
+        if unused:
+            logging.getLogger("emcopilot").warning(
+                "%s: %d row(s) match no input file: %s%s", table.source, len(unused), ", ".join(unused[:5]),
+                ", ..." if len(unused) > 5 else "")
+    return args.pixel_size_nm, table
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emcopilot",

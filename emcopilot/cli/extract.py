@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from . import add_calibration_arguments, read_calibration_arguments
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -21,14 +23,14 @@ def add_parser(subparsers):
     parser.add_argument("recipe", help="built-in recipe name or path to a YAML file")
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
-    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    add_calibration_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def _pixel_size(micrograph, instances) -> tuple[float | None, str]:
     if micrograph.pixel_size_nm is not None:
-        return micrograph.pixel_size_nm, "override" if micrograph.metadata.get("pixel_size_override") else "file"
+        return micrograph.pixel_size_nm, micrograph.metadata.get("pixel_size_source", "file")
     estimate = instances.metadata.get("pixel_size_nm_estimate")
     return (float(estimate), "estimated") if estimate is not None else (None, "unknown")
 
@@ -47,14 +49,13 @@ def run(args) -> int:
     from ..rundir import atomic_path, environment, input_sha256s, write_json, write_text
 
     log = logging.getLogger("emcopilot.extract")
-    if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
-        raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
     started = time.perf_counter()
     recipe = load_recipe(args.recipe)
     extractor = recipe.prior_extractor.create(recipe.sample)
     read_errors: list = []
     paths = expand_inputs(args.input)  # once: a folder's unreadable files are reported once
-    micrographs = read_micrographs(paths, pixel_size_nm=args.pixel_size_nm, errors=read_errors)
+    pixel_size_nm, calibration = read_calibration_arguments(args, paths)
+    micrographs = read_micrographs(paths, pixel_size_nm=pixel_size_nm, errors=read_errors, calibration=calibration)
     if not micrographs and not read_errors:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import add_calibration_arguments, read_calibration_arguments
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -13,7 +15,7 @@ def add_parser(subparsers):
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     parser.add_argument("--profile", help="training profile of the recipe (default: the recipe's)")
-    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    add_calibration_arguments(parser)
     parser.add_argument("--max-minutes", type=float, metavar="MIN",
                         help="wall-time budget of each training stage (overrides the profile's max_minutes); "
                              "training then anneals over the time it has instead of its step count")
@@ -26,8 +28,11 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..loop import Loop
     from ..recipe import load_recipe
+    from ..io import expand_inputs
     recipe = load_recipe(args.recipe)
-    result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=args.pixel_size_nm,
+    pixel_size_nm, calibration = read_calibration_arguments(args, expand_inputs(args.input))
+    result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=pixel_size_nm,
+                  calibration=calibration,
                   force=args.force, device=args.device, progress=not args.no_progress,
                   max_minutes=args.max_minutes).run()
     pooled = result.statistics["pooled"]

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import add_calibration_arguments, read_calibration_arguments
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -23,7 +25,7 @@ def add_parser(subparsers):
     parser.add_argument("--model", required=True, type=Path, help="model folder (config.json + weights)")
     parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
-    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    add_calibration_arguments(parser)
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: the model's setting)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override one of the segmenter's parameters for this batch (repeatable; VALUE is "
@@ -105,8 +107,6 @@ def run(args) -> int:
     from ..io import expand_inputs
     from ..rundir import environment, input_sha256s, write_errors, write_json
 
-    if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
-        raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     started = time.perf_counter()
@@ -115,8 +115,10 @@ def run(args) -> int:
     paths = expand_inputs(args.input)
     if not paths:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
+    pixel_size_nm, calibration = read_calibration_arguments(args, paths)
     args.out.mkdir(parents=True, exist_ok=True)
-    summaries = run_batch(paths, args.model, args.out, pixel_size_nm=args.pixel_size_nm, device=args.device,
+    summaries = run_batch(paths, args.model, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
+                          device=args.device,
                           workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
                           params=overrides)
     table = merge_parts(args.out, summaries)
@@ -131,7 +133,9 @@ def run(args) -> int:
         "param_overrides": overrides,
         "execution": {"workers": args.workers, "scheduler": args.scheduler},
         "inputs": input_sha256s(paths),
-        "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "objects", "seconds")}
+        "calibration": calibration.as_dict() if calibration is not None else None,
+        "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "pixel_size_source", "objects",
+                                                          "seconds")}
                    for image in images},
         "errors": [{"input": name, "error": message} for name, message in errors],
         "timings": {"total_s": seconds, "images_per_s": len(images) / seconds if seconds else None,
