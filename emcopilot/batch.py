@@ -30,7 +30,7 @@ def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] |
 
 def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | None = None,
                  device: str | None = None, params: Mapping[str, Any] | None = None,
-                 calibration: Any = None) -> dict[str, Any]:
+                 calibration: Any = None, name: str | None = None) -> dict[str, Any]:
     """Segment one input file; never raises for a bad file (the error is returned)."""
     from .io import read_micrograph
     from .measure import mask_file_name, particle_table
@@ -40,7 +40,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
     out_dir = Path(out)
     summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
     try:
-        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration)
+        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=name)
         segmenter = cached_model(model_dir, device, params)
     except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
         summary["errors"].append((path, _describe(error)))
@@ -92,9 +92,11 @@ def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_n
     """Run :func:`segment_file` over ``paths``; summaries come back in input order. ``calibration`` is
     an :class:`emcopilot.calibration.CalibrationTable` of per-file pixel sizes."""
     from tqdm import tqdm
+
+    from .io import input_names
     params = dict(params) if params else None
-    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params, calibration)
-                 for path in paths]
+    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params, calibration, name)
+                 for path, name in zip(paths, input_names(paths))]
     if not workers and not scheduler:
         return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed

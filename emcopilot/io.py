@@ -239,13 +239,14 @@ def _micrograph(frame: np.ndarray, pixel_size_nm: float | None, path: Path, name
 
 
 def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
-                    calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
+                    calibration: "CalibrationTable | None" = None, name: str | None = None) -> list[Micrograph]:
     """Read one file into one micrograph per frame.
 
     ``pixel_size_nm`` overrides the file's calibration (or supplies a missing one); an entry for
     this file in a ``calibration`` table (:mod:`emcopilot.calibration`) wins over both. Each
     micrograph's ``metadata["pixel_size_source"]`` says which applied (``file``,
     ``--pixel-size-nm``, ``calibration table``), and is absent when there is no pixel size.
+    ``name`` replaces the file name in the micrographs' names (see :func:`input_names`).
     Raises :class:`ReadError` naming the file and the reader that failed.
     """
     path = Path(path)
@@ -280,6 +281,9 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
         micrographs = _read_rsciio(path, label)
     else:
         micrographs = _read_plain(path, label)
+    if name is not None and name != path.name:
+        for micrograph in micrographs:
+            micrograph.name = name + micrograph.name[len(path.name):]
     source = "--pixel-size-nm"
     table_entry = calibration.pixel_size_for(path) if calibration is not None else None
     if table_entry is not None:
@@ -323,14 +327,32 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def input_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A name for each input that no other input shares: its file name, or, where two inputs share
+    one (``A/x.png``, ``B/x.png``), the shortest end of its path that tells them apart.
+
+    These names are the ``image`` column of the particle table and name every per-image output.
+    """
+    resolved = [Path(os.path.abspath(p)).parts for p in paths]
+    names = []
+    for index, parts in enumerate(resolved):
+        for depth in range(1, len(parts) + 1):
+            tail = parts[-depth:]
+            if all(other[-depth:] != tail for j, other in enumerate(resolved) if j != index):
+                break
+        names.append("/".join(tail))
+    return names
+
+
 def read_micrographs(paths: Iterable[str | os.PathLike], pixel_size_nm: float | None = None,
                      errors: list[tuple[Path, str]] | None = None,
                      calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
     """Read many files. With an ``errors`` list, failures are appended and the rest continue."""
     micrographs: list[Micrograph] = []
-    for path in expand_inputs(paths):
+    paths = expand_inputs(paths)
+    for path, name in zip(paths, input_names(paths)):
         try:
-            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration)
+            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=name)
         except ReadError as error:
             if errors is None:
                 raise

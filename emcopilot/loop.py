@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import __version__
 from .errors import EmcopilotError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
-from .io import expand_inputs, read_micrograph
+from .io import expand_inputs, input_names, read_micrograph
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
 from .rundir import RunDirectory, digest, environment, sha256_file, write_errors, write_json
@@ -140,10 +140,11 @@ class Loop:
 
     def read_inputs(self, run: RunDirectory) -> tuple[list[Micrograph], list[tuple[str, str]], dict[str, str]]:
         micrographs, errors, hashes = [], [], {}
-        for path in expand_inputs(self.inputs):
+        paths = expand_inputs(self.inputs)
+        for path, name in zip(paths, input_names(paths)):
             try:
                 frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override,
-                                         calibration=self.calibration_table)
+                                         calibration=self.calibration_table, name=name)
                 hashes[str(path)] = sha256_file(path)
             except ReadError as error:
                 log.warning("%s", error)

@@ -126,8 +126,16 @@ def particle_table(instances: Instances, micrograph: Micrograph,
 
 
 def mask_file_name(image_name: str) -> str:
-    """``masks/`` file name of an image: unsafe characters become ``_``."""
-    return "".join(c if c.isalnum() or c in "-_.#" else "_" for c in image_name) + ".tif"
+    """``masks/`` file name of an image: unsafe characters become ``_``, and then, so that two
+    images never share a file (``a b.png`` and ``a_b.png``, ``A/x.png`` and ``A_x.png``), a short
+    hash of the exact name follows."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_.#" else "_" for c in image_name)
+    if safe != image_name:
+        digest = hashlib.sha256(image_name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        safe = f"{safe}-{digest}"
+    return safe + ".tif"
 
 
 def write_table(out_dir: Path, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

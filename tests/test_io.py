@@ -226,3 +226,11 @@ def test_unusual_integer_and_bool_pixels_become_float32(tmp_path, array):
 @pytest.mark.parametrize("angstrom", ["\u00c5", "\u212b"])  # the letter and the Ångström sign
 def test_both_angstrom_characters(angstrom):
     assert to_nm(5, angstrom) == pytest.approx(0.5)
+
+
+def test_input_names_are_file_names_unless_two_inputs_share_one(tmp_path):
+    from emcopilot.io import input_names
+    paths = [tmp_path / "run1" / "A" / "x.png", tmp_path / "run2" / "A" / "x.png", tmp_path / "B" / "y.png",
+             tmp_path / "C" / "x.tif"]
+    assert input_names(paths) == ["run1/A/x.png", "run2/A/x.png", "y.png", "x.tif"]
+    assert input_names([]) == []

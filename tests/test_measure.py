@@ -88,6 +88,9 @@ def test_write_outputs_atomically(tmp_path):
     assert list(read["image"]) == ["a b.tif", "a b.tif", "c.png"]
     assert pd.read_parquet(tmp_path / "particles.parquet").shape == table.shape
     mask = tifffile.imread(tmp_path / "masks" / mask_file_name("a b.tif"))
-    assert mask_file_name("a b.tif") == "a_b.tif.tif" and (mask == labels).all()
+    assert mask_file_name("a b.tif").startswith("a_b.tif-") and (mask == labels).all()
+    assert mask_file_name("c.png") == "c.png.tif"
+    names = ["a b.png", "a_b.png", "A/x.png", "A_x.png", "A/x.png#1"]
+    assert len({mask_file_name(name) for name in names}) == len(names)
     assert not tifffile.imread(tmp_path / "masks" / "c.png.tif").any()
     assert not [p for p in tmp_path.rglob("*.part")]

@@ -118,3 +118,33 @@ def test_param_overrides_reach_the_segmenter_and_are_recorded(model_dir, tmp_pat
         assert main(["segment", "--model", str(model_dir), "--input", str(inputs), "--out", str(tmp_path / "x"),
                      "--param", bad]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_inputs_that_share_a_name_keep_their_own_rows_and_masks(model_dir, tmp_path, capsys):
+    """``A/x.png`` + ``B/x.png`` and ``a b.png`` + ``a_b.png``: every image measured once, none overwritten."""
+    import imageio.v3 as iio
+    import pandas as pd
+    import tifffile
+
+    paths = [tmp_path / "A" / "x.png", tmp_path / "B" / "x.png", tmp_path / "A" / "a b.png",
+             tmp_path / "A" / "a_b.png"]
+    counts = {}
+    for seed, path in enumerate(paths):
+        path.parent.mkdir(exist_ok=True)
+        image, labels = _disks(seed=seed)
+        keep = seed % 3 + 1  # a different number of disks in each image
+        image = np.where((labels > 0) & (labels > keep), 100.0, image)
+        iio.imwrite(path, np.clip(image, 0, 255).astype(np.uint8))
+        counts[path] = keep
+    out = tmp_path / "out"
+    assert main(["segment", "--model", str(model_dir), "--input", *map(str, paths), "--out", str(out),
+                 "--pixel-size-nm", "0.1", "--no-progress"]) == 0
+    table = pd.read_csv(out / "particles.csv")
+    assert sorted(table["image"].unique()) == ["A/x.png", "B/x.png", "a b.png", "a_b.png"]
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(run["images"]) == ["A/x.png", "B/x.png", "a b.png", "a_b.png"]
+    assert len(list((out / "masks").iterdir())) == 4
+    for name in ("A/x.png", "B/x.png", "a b.png", "a_b.png"):
+        from emcopilot.measure import mask_file_name
+        mask = tifffile.imread(out / "masks" / mask_file_name(name))
+        assert len(np.unique(mask[mask > 0])) == (table["image"] == name).sum()

@@ -1,0 +1,148 @@
+"""How far the pixel-size estimate for uncalibrated micrographs is from the truth.
+
+Three kinds of images, each run through the function the loop uses
+(:func:`emcopilot.morphology.estimate_pixel_size_nm`, with the recipe's sample):
+
+- ``stripped``: the calibrated ``acstem-dev`` single-atom images with their
+  calibration removed (truth: the file's 0.0293 nm/px);
+- ``boxes``: the ``ardagen-dev`` particle exports, which carry no calibration;
+  the truth for the estimator's purpose is the pixel size at which the median
+  human box spans the recipe's typical diameter (what the loop needs to put the
+  particles at the size its segmenter is trained on);
+- ``synthetic``: frames rendered by the physics engine (layout sampler,
+  ``physical`` generator, the recipe's physics adapter) from the recipe's own size
+  range at ten pixel sizes from 0.4x to 2.5x its working scale (truth: the
+  rendering's pixel size).
+
+The error of one image is ``estimate / truth``; a set is summarised by the median
+of ``|estimate / truth - 1|`` and the worst factor ``max(r, 1/r)``, against the
+targets (median <= 15 %, no image beyond 1.5x).
+
+Usage::
+
+    python benchmarks/scale_estimate.py [DATA] [--kinds stripped boxes synthetic] [--out results/scale.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BF_IMAGES = {"PtC1", "PtCo1", "PtCo3", "Pt_carbon1"}
+TARGETS = {"median_abs_error_max": 0.15, "worst_factor_max": 1.5}
+SYNTHETIC_FACTORS = np.geomspace(0.4, 2.5, 10)
+SYNTHETIC_RECIPES = ("nanoparticles-haadf", "nanoparticles-bf-stem", "single-atom-catalyst-haadf")
+
+
+def estimate(micrograph, recipe) -> float:
+    from emcopilot.morphology import estimate_pixel_size_nm
+    micrograph.pixel_size_nm = None
+    return estimate_pixel_size_nm(micrograph, recipe.sample)
+
+
+def stripped(data: Path):
+    from emcopilot.io import read_micrograph
+    from emcopilot.recipe import load_recipe
+    recipe = load_recipe("single-atom-catalyst-haadf")
+    for path in sorted((data / "acstem-dev" / "images").glob("*.tif")):
+        micrograph = read_micrograph(path)[0]
+        truth = micrograph.pixel_size_nm
+        yield {"set": "acstem-dev", "image": path.name, "recipe": recipe.name, "truth_nm": truth,
+               "estimate_nm": estimate(micrograph, recipe)}
+
+
+def boxes(data: Path):
+    from emcopilot.evaluate import read_yolo_truth
+    from emcopilot.io import read_micrograph
+    from emcopilot.recipe import load_recipe
+    for path in sorted((data / "ardagen-dev" / "images").glob("*.jpg")):
+        recipe = load_recipe("nanoparticles-bf-stem" if path.stem in BF_IMAGES else "nanoparticles-haadf")
+        micrograph = read_micrograph(path)[0]
+        box = read_yolo_truth(data / "ardagen-dev" / "labels" / f"{path.stem}.txt", micrograph.shape)
+        box_px = float(np.median(np.sqrt((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))))
+        typical_nm = math.sqrt(math.prod(recipe.sample.diameter_nm))
+        yield {"set": "ardagen-dev", "image": path.name, "recipe": recipe.name, "truth_nm": typical_nm / box_px,
+               "estimate_nm": estimate(micrograph, recipe)}
+
+
+def synthetic(side_px: int = 512, seed: int = 7):
+    from emcopilot.interfaces import Micrograph
+    from emcopilot.layout import LayoutSpec, sample_layout
+    from emcopilot.plugins import get_registry
+    from emcopilot.recipe import load_recipe
+    registry = get_registry()
+    for name in SYNTHETIC_RECIPES:
+        recipe = load_recipe(name)
+        rng = np.random.default_rng(seed)
+        generator = registry.get("generator", "physical").create({}, recipe.sample)
+        adapter = registry.get("physics_adapter", recipe.physics_adapter.plugin).create({}, recipe.sample)
+        spec = LayoutSpec.from_sample(recipe.sample)
+        for factor in SYNTHETIC_FACTORS:
+            pixel_size_nm = float(recipe.sample.pixel_size_nm * factor)
+            layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)
+            [clean] = generator.generate([layout], rng)
+            image = adapter.apply(clean, pixel_size_nm, rng, layout=layout)
+            micrograph = Micrograph(np.asarray(image, np.float32), None, name=f"{name}@{pixel_size_nm:.4g}")
+            yield {"set": "synthetic", "image": micrograph.name, "recipe": name, "truth_nm": pixel_size_nm,
+                   "estimate_nm": estimate(micrograph, recipe)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    ratios = np.array([row["ratio"] for row in rows if row.get("ratio")], float)
+    if not len(ratios):
+        return {"images": len(rows), "estimated": 0}
+    worst = float(np.max(np.maximum(ratios, 1 / ratios)))
+    median = float(np.median(np.abs(ratios - 1)))
+    return {"images": len(rows), "estimated": int(len(ratios)), "median_abs_error": median,
+            "median_ratio": float(np.median(ratios)), "worst_factor": worst,
+            "beyond_1.5x": int(np.sum(np.maximum(ratios, 1 / ratios) > 1.5)),
+            "meets_targets": bool(median <= TARGETS["median_abs_error_max"] and worst <= TARGETS["worst_factor_max"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--kinds", nargs="+", default=["stripped", "boxes", "synthetic"],
+                        choices=["stripped", "boxes", "synthetic"])
+    parser.add_argument("--out", help="JSON report")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # one warning per uncalibrated image is the point here
+    from emcopilot.errors import InputError
+    data = Path(args.data)
+    sources = {"stripped": lambda: stripped(data), "boxes": lambda: boxes(data), "synthetic": synthetic}
+    result = {"targets": TARGETS, "kinds": {}}
+    for kind in args.kinds:
+        rows, started = [], time.perf_counter()
+        try:
+            for row in sources[kind]():
+                row["ratio"] = row["estimate_nm"] / row["truth_nm"]
+                rows.append(row)
+                print(f"  {kind:9s} {row['image'][:40]:40s} truth {row['truth_nm']:.4g} estimate "
+                      f"{row['estimate_nm']:.4g} nm/px (x{row['ratio']:.2f})", file=sys.stderr)
+        except (InputError, FileNotFoundError) as error:
+            print(f"{kind}: {error}", file=sys.stderr)
+        summary = summarise(rows)
+        groups = {}
+        for recipe in sorted({row["recipe"] for row in rows}):
+            groups[recipe] = summarise([row for row in rows if row["recipe"] == recipe])
+        result["kinds"][kind] = {"summary": summary, "by_recipe": groups, "images": rows,
+                                 "seconds": round(time.perf_counter() - started, 1)}
+        if summary.get("estimated"):
+            print(f"{kind}: {summary['images']} images, median |error| {100 * summary['median_abs_error']:.0f} %, "
+                  f"worst x{summary['worst_factor']:.2f}, {summary['beyond_1.5x']} beyond 1.5x"
+                  + "".join(f"; {r}: median {100 * g['median_abs_error']:.0f} %, worst x{g['worst_factor']:.2f}"
+                            for r, g in groups.items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
