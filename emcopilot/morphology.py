@@ -9,8 +9,8 @@ JSON (``prior.json``) and turned into a :class:`emcopilot.layout.LayoutSpec`
 (:meth:`MorphologyPrior.sample`).
 
 :func:`estimate_pixel_size_nm` gives uncalibrated images (JPEGs without
-metadata) a working scale: the dominant blob size in pixels, from a
-Laplacian-of-Gaussian scale space, against the recipe's expected size in nm.
+metadata) a working scale: the typical object size in pixels
+(:mod:`emcopilot.blob_scale`) against the recipe's expected size in nm.
 
 Numpy/scipy/scikit-image only; importing this module never imports torch.
 """
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .blob_scale import dominant_diameter_px
 from .errors import InputError
 from .interfaces import Instances, Micrograph
 
@@ -33,19 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The scale space runs on a copy at most this many pixels on a side.
-SCALE_SPACE_MAX_SIDE_PX = 1024
-#: Scale-normalised LoG maxima kept when estimating the dominant blob size.
-STRONGEST_BLOBS = 30
-#: Blob maxima must exceed this many times the scale space's response to the pixel noise.
-NOISE_FLOOR = 5.0
-#: ... of which those at least this fraction of the third strongest response.
-COMPARABLE_RESPONSE = 0.4
-#: The LoG of a disk of radius r peaks at sigma = r / sqrt(2) (Lindeberg 1998,
-#: Int. J. Comput. Vision 30:79), i.e. diameter 2·sqrt(2)·sigma. On
-#: annotated STEM particles this over-estimates the boxed size by ~1.25
-#: (median over the development images), hence this correction.
-LOG_DIAMETER_CORRECTION = 0.8
 #: Outlines kept in a prior's bank, and radial samples per outline.
 OUTLINE_BANK_SIZE = 64
 OUTLINE_POINTS = 64
@@ -77,63 +65,21 @@ def expected_diameter_nm(sample: "Sample | None", diameter_nm: Sequence[float] |
     return math.sqrt(low * high)
 
 
-def dominant_diameter_px(image: np.ndarray, bright: bool = True) -> float:
-    """Typical diameter (px) of the strongest compact blobs of one polarity.
-
-    Builds a scale-normalised Laplacian-of-Gaussian scale space (sigma from
-    1.2 px to 1/24 of the short side), keeps its 3-D local maxima (space and
-    scale; maxima at the two end scales are dropped), and returns the median
-    diameter of the :data:`STRONGEST_BLOBS` strongest (those with at least
-    :data:`COMPARABLE_RESPONSE` of the third-strongest response), as
-    ``2·sqrt(2)·sigma·LOG_DIAMETER_CORRECTION``. Large images are block-averaged
-    to at most :data:`SCALE_SPACE_MAX_SIDE_PX` first.
-    """
-    from scipy import ndimage
-    from skimage.transform import downscale_local_mean
-
-    image = normalise_image(image)
-    factor = 1
-    while max(image.shape) / factor > SCALE_SPACE_MAX_SIDE_PX:
-        factor *= 2
-    small = downscale_local_mean(image, (factor, factor)) if factor > 1 else image
-    largest = min(small.shape) / 24
-    if largest < 2.0:
-        raise InputError(f"image of shape {image.shape} is too small to estimate a blob scale")
-    sigmas = np.geomspace(1.2, largest, 16)
-    sign = -1.0 if bright else 1.0
-    stack = np.stack([sign * ndimage.gaussian_laplace(small, s) * s * s for s in sigmas])
-    # significance: above NOISE_FLOOR x the response of white pixel noise at each scale
-    pixel_noise = 1.4826 * np.median(np.abs(np.diff(small, axis=1))) / math.sqrt(2)
-    white = np.random.default_rng(0).standard_normal((128, 128))
-    unit = np.array([ndimage.gaussian_laplace(white, s)[16:-16, 16:-16].std() * s * s for s in sigmas])
-    floor = (NOISE_FLOOR * pixel_noise * unit)[:, None, None]
-    peaks = (stack == ndimage.maximum_filter(stack, size=(3, 5, 5))) & (stack > floor)
-    peaks[0] = peaks[-1] = False
-    scale_index = np.nonzero(peaks)[0]
-    if len(scale_index) == 0:
-        raise InputError("no blob of the expected polarity was found to estimate the scale")
-    responses = stack[peaks]
-    strongest = np.argsort(responses)[::-1][:STRONGEST_BLOBS]
-    # in sparse images, weak (noise) maxima fill the list: keep those comparable to the strongest
-    reference = responses[strongest[min(2, len(strongest) - 1)]]
-    strongest = strongest[responses[strongest] >= COMPARABLE_RESPONSE * reference]
-    diameters = 2 * math.sqrt(2) * sigmas[scale_index[strongest]] * factor
-    return float(np.exp(np.median(np.log(diameters))) * LOG_DIAMETER_CORRECTION)
-
-
 def estimate_pixel_size_nm(micrograph: Micrograph, sample: "Sample | None", bright: bool | None = None,
                            diameter_nm: Sequence[float] | None = None) -> float:
-    """Pixel size (nm/px) of an uncalibrated micrograph from its dominant blob size.
+    """Pixel size (nm/px) of an uncalibrated micrograph from its typical object size.
 
-    ``pixel size = expected diameter (nm) / dominant blob diameter (px)``,
-    with the expected diameter the geometric mean of the recipe's
-    ``diameter_nm`` range and the blob polarity from ``sample.particle_contrast``
-    (``bright`` and ``diameter_nm`` override the sample). Accurate to within about 1.5x on most
-    development images; pass ``--pixel-size-nm`` when the calibration is known.
+    ``pixel size = expected diameter (nm) / typical object diameter (px)``, with the expected
+    diameter the geometric mean of the recipe's ``diameter_nm`` range, the object diameter from
+    :func:`emcopilot.blob_scale.dominant_diameter_px` and the blob polarity from
+    ``sample.particle_contrast`` (``bright`` and ``diameter_nm`` override the sample). It can be
+    no better than the recipe's size range describes the sample: pass ``--pixel-size-nm`` or
+    ``--calibration`` when the calibration is known.
     """
     if bright is None:
         bright = sample is None or sample.particle_contrast != "dark"
-    diameter_px = dominant_diameter_px(micrograph.data, bright=bright)
+    kind = getattr(sample, "kind", "particles") or "particles"
+    diameter_px = dominant_diameter_px(micrograph.data, bright=bright, kind=kind)
     estimate = expected_diameter_nm(sample, diameter_nm) / diameter_px
     log.warning("%s has no calibration: dominant blob diameter %.1f px -> estimated pixel size %.4g nm/px "
                 "(give --pixel-size-nm to override)", micrograph.name, diameter_px, estimate)

@@ -1,0 +1,57 @@
+"""The typical object size of an uncalibrated micrograph: objects, not the support's texture."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from emcopilot.blob_scale import dominant_diameter_px
+from emcopilot.errors import InputError
+
+from test_priors import disks_image
+
+
+def texture(shape, correlation_px, amplitude, seed):
+    """A random field of both signs, like carbon-film speckle or support grains."""
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), correlation_px)
+    return amplitude * field / field.std()
+
+
+def test_dark_particles_on_speckle_are_measured_not_the_speckle():
+    # bright-field: 24 px dark particles on a film whose speckle (~5 px) is as strong as the noise allows
+    image, _ = disks_image((512, 512), radius_px=12.0, count=14, contrast=1.0, noise=0.05, seed=1, blur_px=1.0)
+    image = (1.0 - image + texture(image.shape, 1.5, 0.25, seed=2)).astype(np.float32)
+    assert 24 / 1.5 < dominant_diameter_px(image, bright=False) < 24 * 1.5
+
+
+def test_small_particles_on_large_grains_are_measured_not_the_grains():
+    # HAADF: 8 px bright particles on support grains four times their size and brighter than them
+    image, _ = disks_image((512, 512), radius_px=4.0, count=60, contrast=0.6, noise=0.05, seed=3, blur_px=0.7)
+    image = (image + texture(image.shape, 8.0, 0.5, seed=4)).astype(np.float32)
+    assert 8 / 1.5 < dominant_diameter_px(image, bright=True) < 8 * 1.5
+
+
+def test_the_estimate_follows_the_scale():
+    sizes = []
+    for radius_px in (4.0, 8.0, 16.0):
+        image, _ = disks_image((512, 512), radius_px=radius_px, count=12, seed=5, blur_px=1.0)
+        sizes.append(dominant_diameter_px(image, bright=True))
+    ratios = np.array(sizes) / np.array([8.0, 16.0, 32.0])
+    assert (ratios > 1 / 1.3).all() and (ratios < 1.3).all(), ratios
+
+
+def test_atoms_take_the_narrowest_blobs():
+    rng = np.random.default_rng(6)
+    rows, cols = np.mgrid[:256, :256]
+    image = texture((256, 256), 12.0, 0.3, seed=7) + rng.normal(0, 0.05, (256, 256))
+    for row, col in rng.uniform(8, 248, (40, 2)):  # Gaussian spots, FWHM 4.7 px, on an uneven support
+        image += 0.6 * np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * 2.0 ** 2))
+    assert 4.7 / 1.5 < dominant_diameter_px(image.astype(np.float32), bright=True, kind="atoms") < 4.7 * 1.5
+
+
+def test_texture_alone_has_no_scale():
+    image = (texture((256, 256), 3.0, 1.0, seed=8) + 5.0).astype(np.float32)
+    with pytest.raises(InputError, match="stands out"):
+        dominant_diameter_px(image, bright=True)
+    with pytest.raises(InputError, match="too small"):
+        dominant_diameter_px(np.zeros((16, 16), np.float32))
