@@ -5,12 +5,19 @@ particle table of DESIGN §6, one row per object::
 
     image, id, x, y, bbox_x0, bbox_y0, bbox_x1, bbox_y1, area_px, eq_diameter_px,
     [x_nm, y_nm, area_nm2, eq_diameter_nm,]   # only when the pixel size is known
-    eccentricity, circularity, solidity, mean_intensity, touches_edge
+    eccentricity, circularity, solidity, mean_intensity, touches_edge,
+    [pixel_size_nm, pixel_size_source]        # only when the pixel size is known
 
 ``x`` is the column and ``y`` the row of the centroid (pixels); boxes are
 half-open (``bbox_x1`` is one past the last column), as in scikit-image.
 ``circularity`` is ``4·pi·area / perimeter²`` (1 for a disk, clipped to 1 for
 the few-pixel objects whose digital perimeter underestimates it).
+
+``pixel_size_nm`` is the pixel size the nm columns were computed with and
+``pixel_size_source`` where it came from: ``file`` (the file's own calibration),
+``--pixel-size-nm``, ``calibration table`` (``--calibration``) or ``estimated``
+(an uncalibrated image whose scale the loop estimated against the recipe's
+expected sizes: its nm columns restate the recipe more than they measure).
 
 Points (single atoms) are rows too: their centre is the point itself. When
 the instances also hold a label image, the label ``k + 1`` is taken as the
@@ -33,6 +40,7 @@ from .interfaces import Instances, Micrograph
 PIXEL_COLUMNS = ("image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px")
 NM_COLUMNS = ("x_nm", "y_nm", "area_nm2", "eq_diameter_nm")
 SHAPE_COLUMNS = ("eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge")
+CALIBRATION_COLUMNS = ("pixel_size_nm", "pixel_size_source")
 
 _REGION_PROPERTIES = ("label", "centroid", "bbox", "area", "eccentricity", "perimeter", "solidity",
                       "intensity_mean")
@@ -40,7 +48,8 @@ _REGION_PROPERTIES = ("label", "centroid", "bbox", "area", "eccentricity", "peri
 
 def columns(calibrated: bool) -> list[str]:
     """The particle-table columns, in order, with or without the nm columns."""
-    return list(PIXEL_COLUMNS) + (list(NM_COLUMNS) if calibrated else []) + list(SHAPE_COLUMNS)
+    return (list(PIXEL_COLUMNS) + (list(NM_COLUMNS) if calibrated else []) + list(SHAPE_COLUMNS)
+            + (list(CALIBRATION_COLUMNS) if calibrated else []))
 
 
 def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
@@ -96,8 +105,14 @@ def particle_table(instances: Instances, micrograph: Micrograph,
     """The DESIGN §6 particle table of one micrograph (see the module docstring).
 
     ``pixel_size_nm`` overrides the micrograph's calibration (e.g. an estimate
-    for an uncalibrated image); without either, the nm columns are left out.
+    for an uncalibrated image); without either, the nm columns are left out. The
+    ``pixel_size_source`` column is the micrograph's ``metadata["pixel_size_source"]``,
+    else ``estimated`` for a pixel size given to an uncalibrated micrograph, else ``file``.
     """
+    if pixel_size_nm is not None and micrograph.pixel_size_nm is None:
+        source = micrograph.metadata.get("pixel_size_source", "estimated")
+    else:
+        source = micrograph.metadata.get("pixel_size_source", "file")
     pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
     labels = instances.labels
     if labels is not None and labels.shape != micrograph.shape:
@@ -118,6 +133,8 @@ def particle_table(instances: Instances, micrograph: Micrograph,
         table["y_nm"] = table["y"] * pixel_size_nm
         table["area_nm2"] = table["area_px"] * pixel_size_nm ** 2
         table["eq_diameter_nm"] = table["eq_diameter_px"] * pixel_size_nm
+        table["pixel_size_nm"] = float(pixel_size_nm)
+        table["pixel_size_source"] = source
     table = table[columns(pixel_size_nm is not None)].reset_index(drop=True)
     for key in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
         table[key] = table[key].astype(np.int64)

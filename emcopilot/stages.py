@@ -164,6 +164,7 @@ class LoopState:
         self.loop.calibration = calibration
         for micrograph in self.micrographs:
             micrograph.pixel_size_nm = calibration[micrograph.name]["pixel_size_nm"]
+            micrograph.metadata["pixel_size_source"] = calibration[micrograph.name]["source"]
         self._working = None
         self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
 

@@ -25,9 +25,15 @@ def test_columns_in_contract_order_with_and_without_calibration():
     assert list(calibrated.columns) == columns(True) == [
         "image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px",
         "x_nm", "y_nm", "area_nm2", "eq_diameter_nm",
-        "eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge"]
+        "eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge",
+        "pixel_size_nm", "pixel_size_source"]
+    assert (calibrated["pixel_size_nm"] == 0.5).all() and (calibrated["pixel_size_source"] == "file").all()
     plain = particle_table(Instances(labels=labels), Micrograph(image, name="a.png"))
-    assert list(plain.columns) == columns(False) and "x_nm" not in plain
+    assert list(plain.columns) == columns(False) and "x_nm" not in plain and "pixel_size_source" not in plain
+    estimated = particle_table(Instances(labels=labels), Micrograph(image, name="a.png"), pixel_size_nm=0.3)
+    assert (estimated["pixel_size_source"] == "estimated").all() and (estimated["pixel_size_nm"] == 0.3).all()
+    given = Micrograph(image, pixel_size_nm=0.2, name="a.png", metadata={"pixel_size_source": "calibration table"})
+    assert (particle_table(Instances(labels=labels), given)["pixel_size_source"] == "calibration table").all()
 
 
 def test_values_of_a_disk_and_an_edge_rectangle():
