@@ -76,6 +76,8 @@ def test_extract_records_the_table_as_source(tmp_path, capsys):
     a, b = (table[table.image == name] for name in ("a.png", "b.png"))
     assert np.allclose(b["eq_diameter_nm"], b["eq_diameter_px"] * 0.4)
     assert np.allclose(a["eq_diameter_nm"], a["eq_diameter_px"] * 0.2)
+    assert len(a) and (a["pixel_size_source"] == "calibration table").all() and (a["pixel_size_nm"] == 0.2).all()
+    assert len(b) and (b["pixel_size_source"] == "--pixel-size-nm").all()
     assert main(["extract", str(recipe), "--input", str(inputs), "--out", str(out),
                  "--calibration", str(tmp_path / "nothere.csv")]) == 1
     assert "no such calibration table" in capsys.readouterr().err

@@ -69,9 +69,6 @@ def test_run_writes_every_output_and_resumes(experiment, tmp_path):
     assert info["plugins"]["generator"] == {"name": "pix2pix", "distribution": "emcopilot", "version": "0.1.0"}
     assert info["calibration"]["demo_00.tif"]["source"] == "file"
     first = (out / "particles.csv").read_text()
-    table = pd.read_csv(out / "particles.csv")
-    assert len(table) and (table["pixel_size_source"] == "file").all()
-    assert table["pixel_size_nm"].eq(info["calibration"]["demo_00.tif"]["pixel_size_nm"])[table.image == "demo_00.tif"].all()
 
     assert run(recipe, inputs, out) == 0  # everything is reused
     assert len(run_info(out)["stages_reused"]) == 7
