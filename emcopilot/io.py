@@ -332,15 +332,24 @@ def input_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     one (``A/x.png``, ``B/x.png``), the shortest end of its path that tells them apart.
 
     These names are the ``image`` column of the particle table and name every per-image output.
+    (The same file given twice keeps its full path twice.)
     """
-    resolved = [Path(os.path.abspath(p)).parts for p in paths]
-    names = []
-    for index, parts in enumerate(resolved):
-        for depth in range(1, len(parts) + 1):
-            tail = parts[-depth:]
-            if all(other[-depth:] != tail for j, other in enumerate(resolved) if j != index):
-                break
-        names.append("/".join(tail))
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    names: list[str] = [""] * len(parts)
+    groups, depth = [list(range(len(parts)))], 1
+    while groups:
+        colliding = []
+        for group in groups:
+            by_tail: dict[tuple[str, ...], list[int]] = {}
+            for index in group:
+                by_tail.setdefault(parts[index][-depth:], []).append(index)
+            for tail, members in by_tail.items():
+                if len(members) == 1 or all(depth >= len(parts[i]) for i in members):
+                    for index in members:
+                        names[index] = Path(*tail).as_posix()
+                else:
+                    colliding.append(members)
+        groups, depth = colliding, depth + 1
     return names
 
 

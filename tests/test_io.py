@@ -234,3 +234,15 @@ def test_input_names_are_file_names_unless_two_inputs_share_one(tmp_path):
              tmp_path / "C" / "x.tif"]
     assert input_names(paths) == ["run1/A/x.png", "run2/A/x.png", "y.png", "x.tif"]
     assert input_names([]) == []
+
+
+def test_input_names_scale_and_survive_a_file_given_twice(tmp_path):
+    import time
+    from emcopilot.io import input_names
+    same = tmp_path / "A" / "x.png"
+    assert input_names([same, same]) == [same.as_posix()] * 2
+    paths = [tmp_path / f"d{i % 100}" / f"f{i}.png" for i in range(20000)] + [tmp_path / "d1" / "f0.png"]
+    started = time.perf_counter()
+    names = input_names(paths)
+    assert time.perf_counter() - started < 5.0
+    assert names[1] == "f1.png" and names[0] == "d0/f0.png" and names[-1] == "d1/f0.png"

@@ -30,7 +30,8 @@ def run(args) -> int:
     from ..recipe import load_recipe
     from ..io import expand_inputs
     recipe = load_recipe(args.recipe)
-    pixel_size_nm, calibration = read_calibration_arguments(args, expand_inputs(args.input))
+    # the folders are listed again by the loop; here only to warn of table rows that match no input
+    pixel_size_nm, calibration = read_calibration_arguments(args, expand_inputs(args.input) if args.calibration else ())
     result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=pixel_size_nm,
                   calibration=calibration,
                   force=args.force, device=args.device, progress=not args.no_progress,
