@@ -155,6 +155,23 @@ def mask_file_name(image_name: str) -> str:
     return safe + ".tif"
 
 
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells cannot start a spreadsheet formula.
+
+    A text cell that begins with ``= + - @``, a tab or a carriage return (an
+    image named ``=HYPERLINK(...).png``) gets a leading apostrophe, which
+    spreadsheets show as text; numbers are left alone. Only the CSV is
+    treated so: the Parquet table keeps the names exactly.
+    """
+    from .rundir import formula_safe
+
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column].dtype):
+            out[column] = [formula_safe(value) if isinstance(value, str) else value for value in out[column]]
+    return out
+
+
 def write_table(out_dir: Path, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate per-image tables and write ``particles.csv`` and ``particles.parquet``."""
     from .rundir import atomic_path
@@ -163,7 +180,7 @@ def write_table(out_dir: Path, tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     non_empty = [table for table in tables if len(table)]
     table = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=columns(False))
     with atomic_path(out_dir / "particles.csv") as temporary:
-        table.to_csv(temporary, index=False)
+        spreadsheet_safe(table).to_csv(temporary, index=False)
     with atomic_path(out_dir / "particles.parquet") as temporary:
         table.to_parquet(temporary, index=False)
     return table

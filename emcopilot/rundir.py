@@ -71,10 +71,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        # mkstemp creates the file 0600; give it the mode an ordinary open() would (0666 less the umask),
+        # so that a shared server's group can read the tables, masks, report and model
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -92,12 +102,21 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
         tifffile.imwrite(temporary, array, compression="zlib")
 
 
+#: first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(cell: str) -> str:
+    """``cell`` with a leading apostrophe if a spreadsheet would read it as a formula."""
+    return f"'{cell}" if cell.startswith(FORMULA_PREFIXES) else cell
+
+
 def write_errors(path: Path, errors: Sequence[tuple[str, str]]) -> None:
     """``errors.csv``: one ``path,error`` row per input that failed (always written, maybe empty)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "error"])
-    writer.writerows(errors)
+    writer.writerows([formula_safe(str(cell)) for cell in row] for row in errors)
     write_text(path, buffer.getvalue())
 
 

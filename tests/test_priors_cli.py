@@ -48,10 +48,35 @@ def test_extract_writes_table_masks_prior_and_errors(tmp_path, capsys):
     prior = json.loads((out / "prior.json").read_text())
     assert prior["count"] == 8 and prior["diameter_nm_median"] == pytest.approx(2.4, rel=0.3)
     errors = pd.read_csv(out / "errors.csv")
-    assert errors["input"].str.endswith("broken.png").all()
+    assert list(errors.columns) == ["path", "error"]  # as segment and run write it
+    assert errors["path"].str.endswith("broken.png").all()
     run = json.loads((out / "run.json").read_text())
     assert run["images"]["a.png"]["pixel_size_source"] == "--pixel-size-nm"
     assert run["prior_extractor"]["plugin"] == "classical"
+
+
+def test_extract_outputs_are_safe_in_a_spreadsheet_and_readable_by_the_group(tmp_path):
+    import os
+    import stat
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_disks(inputs / "=HYPERLINK(x).png", 3)
+    (inputs / "@broken.png").write_bytes(b"not an image")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        assert main(["extract", str(recipe), "--input", str(inputs), "--out", str(out), "--pixel-size-nm", "0.2",
+                     "--no-progress"]) == 3
+    finally:
+        os.umask(previous)
+    # a spreadsheet shows the names as text instead of running them; the Parquet table keeps them exactly
+    assert set(pd.read_csv(out / "particles.csv")["image"]) == {"'=HYPERLINK(x).png"}
+    assert set(pd.read_parquet(out / "particles.parquet")["image"]) == {"=HYPERLINK(x).png"}
+    for written in [out / "particles.csv", out / "run.json", out / "errors.csv", *(out / "masks").iterdir()]:
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644, written
 
 
 def test_extract_estimates_missing_calibration(tmp_path):

@@ -84,3 +84,14 @@ def test_interrupted_stage_is_recomputed(tmp_path):
         assert not run.cached("s@1", "k")
         directory, reused = run.run_stage("s@1", "k", lambda d: None)
         assert not reused and not (directory / "partial").exists()
+
+
+def test_errors_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
+    import csv
+
+    from emcopilot.rundir import write_errors
+
+    write_errors(tmp_path / "errors.csv", [("=cmd|'/c calc'!A1.png", "unreadable"), ("plain.png", "-1 pixels")])
+    with open(tmp_path / "errors.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [["path", "error"], ["'=cmd|'/c calc'!A1.png", "unreadable"], ["plain.png", "'-1 pixels"]]

@@ -253,3 +253,42 @@ def test_watershed_seeds_split_touching_particles_but_not_a_rippled_one():
     fixed, _ = particles_from_maps(foreground, rippled, foreground_threshold=0.5, seed_dynamic=0.0,
                                    seed_threshold=0.8, min_area_px=1)
     assert fixed.max() > 2
+
+
+def test_seed_maxima_found_blob_by_blob_equal_those_of_the_whole_frame():
+    from skimage.morphology import local_maxima, reconstruction
+    from emcopilot_plugins.segmenters.instances import _h_maxima
+
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[:120, :160]
+    distance = np.zeros((120, 160))
+    for _ in range(25):  # overlapping bumps make blobs with several maxima, some at the frame's edge
+        r, c, s = rng.uniform(0, 120), rng.uniform(0, 160), rng.uniform(3, 9)
+        distance = np.maximum(distance, rng.uniform(0.3, 1) * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * s * s)))
+    distance += rng.normal(0, 0.02, distance.shape)
+    mask = distance > 0.15
+    inside = np.where(mask, distance, 0.0)
+    for dynamic in (0.05, 0.1, 0.2):
+        whole = local_maxima(reconstruction(inside - dynamic, inside, method="dilation"), connectivity=2) & mask
+        assert np.array_equal(_h_maxima(inside, mask, dynamic), whole)
+
+
+def test_grown_particles_reach_outward_without_merging_and_keep_their_scores():
+    from emcopilot_plugins.segmenters.instances import particle_targets, particles_from_maps
+
+    rows, cols = np.mgrid[:64, :96]
+    truth = np.zeros((64, 96), np.int32)
+    truth[(rows - 32) ** 2 + (cols - 30) ** 2 <= 12 ** 2] = 1
+    truth[(rows - 32) ** 2 + (cols - 56) ** 2 <= 12 ** 2] = 2  # 2 px apart
+    foreground, distance = particle_targets(truth)
+    plain, scores = particles_from_maps(foreground, distance, foreground_threshold=0.5, seed_dynamic=0.2,
+                                        min_area_px=10)
+    grown, grown_scores = particles_from_maps(foreground, distance, foreground_threshold=0.5, seed_dynamic=0.2,
+                                              min_area_px=10, grow_px=2)
+    assert grown.max() == plain.max() == 2
+    np.testing.assert_array_equal(grown_scores, scores)
+    for index in (1, 2):
+        assert np.all(grown[plain == index] == index)  # every pixel it had, and more
+        assert (grown == index).sum() > (plain == index).sum() * 1.2
+    # the gap between them is shared out, not bridged: each pixel belongs to one particle
+    assert set(np.unique(grown[32, 42:45])) <= {1, 2}

@@ -38,7 +38,6 @@ def _pixel_size(micrograph, instances) -> tuple[float | None, str]:
 def run(args) -> int:
     import logging
 
-    import pandas as pd
     from tqdm import tqdm
 
     from ..errors import EmcopilotError, InputError
@@ -46,7 +45,7 @@ def run(args) -> int:
     from ..measure import write_outputs
     from ..morphology import MorphologyPrior
     from ..recipe import load_recipe
-    from ..rundir import atomic_path, environment, input_sha256s, write_json, write_text
+    from ..rundir import environment, input_sha256s, write_errors, write_json, write_text
 
     log = logging.getLogger("emcopilot.extract")
     started = time.perf_counter()
@@ -84,8 +83,7 @@ def run(args) -> int:
         prior = MorphologyPrior.fit(found, done, sample=recipe.sample)
         write_text(args.out / "prior.json", prior.to_json())
     if errors:
-        with atomic_path(args.out / "errors.csv") as temporary:
-            pd.DataFrame(errors, columns=["input", "error"]).to_csv(temporary, index=False)
+        write_errors(args.out / "errors.csv", errors)
     write_json(args.out / "run.json", {
         "command": "extract", "recipe": recipe.as_dict(),
         "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
