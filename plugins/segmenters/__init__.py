@@ -44,6 +44,10 @@ UNET_PARAMS = {
                                "seed_threshold 0.7: fixed-level seeds)"),
     "seed_threshold": Param(0.0, float, min=0.0, max=1.0,
                             help="least normalised distance of a seed (0: any maximum of enough dynamic)"),
+    "grow_nm": Param(0.0, float, min=0.0, unit="nm",
+                     help="grow each particle outward by this much after the watershed, never into a neighbour "
+                          "(the network's edge lies inside the blurred rim that outlines and boxes drawn by hand "
+                          "include)"),
     "min_diameter_nm": Param(None, float, min=0.0, unit="nm",
                              help="drop particles with a smaller equivalent diameter; default half sample.diameter_nm[0]"),
     "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),

@@ -65,7 +65,7 @@ def points_of(labels: np.ndarray | None, points: np.ndarray | None) -> np.ndarra
 
 def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foreground_threshold: float,
                         seed_dynamic: float, min_area_px: float,
-                        seed_threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        seed_threshold: float = 0.0, grow_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Watershed instances from foreground and distance probabilities: ``(labels, scores)``.
 
     Each particle grows from one maximum of the predicted (normalised) distance
@@ -77,17 +77,18 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     instead splits a particle wherever the ripples cross it, and loses small
     particles whose predicted centre stays below it. ``seed_threshold``
     optionally also requires the seed's height. Foreground blobs without a
-    seed are particles too.
+    seed are particles too. ``grow_px`` then grows every particle outward by
+    that distance, never into a neighbour (``skimage.segmentation.expand_labels``);
+    the scores stay those of the particle before it grew.
     """
     from scipy import ndimage
-    from skimage.morphology import local_maxima, reconstruction
     from skimage.segmentation import watershed
 
     mask = foreground >= foreground_threshold
     inside = np.where(mask, distance, 0).astype(np.float64)
     if seed_dynamic > 0:
         # the h-maxima transform: maxima shallower than h merge into the plateau of their higher neighbour
-        peaks = local_maxima(reconstruction(inside - seed_dynamic, inside, method="dilation"), connectivity=2)
+        peaks = _h_maxima(inside, mask, seed_dynamic)
     else:
         peaks = inside > 0
     markers, n_markers = ndimage.label(peaks & mask & (inside >= seed_threshold), structure=np.ones((3, 3)))
@@ -107,7 +108,36 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     labels = relabel_sequential(labels)[0].astype(np.int32)
     count = int(labels.max())
     scores = ndimage.mean(foreground, labels, np.arange(1, count + 1)) if count else np.zeros(0)
+    if grow_px > 0 and count:
+        from skimage.segmentation import expand_labels
+        labels = expand_labels(labels, grow_px).astype(np.int32)
     return labels, np.asarray(scores, np.float32)
+
+
+def _h_maxima(inside: np.ndarray, mask: np.ndarray, dynamic: float) -> np.ndarray:
+    """Regional maxima of ``inside`` of at least ``dynamic`` depth, one foreground blob at a time.
+
+    ``inside`` is 0 outside ``mask``, so a reconstruction by dilation never
+    crosses from one blob to another: computing it in each blob's bounding
+    box gives the same maxima as on the whole frame at a fraction of the cost
+    (the reconstruction sorts every pixel it is given, and particles cover a
+    few per cent of a frame).
+    """
+    from scipy import ndimage
+    from skimage.morphology import local_maxima, reconstruction
+
+    peaks = np.zeros(inside.shape, bool)
+    blobs, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    for index, box in enumerate(ndimage.find_objects(blobs), start=1):
+        if box is None:
+            continue
+        # one pixel of margin keeps a blob's rim off the crop's edge (local_maxima ignores the border otherwise)
+        box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
+        crop = np.where(blobs[box] == index, inside[box], 0.0)
+        local = local_maxima(reconstruction(crop - dynamic, crop, method="dilation"), connectivity=2,
+                             allow_borders=True)
+        peaks[box] |= local & (blobs[box] == index)
+    return peaks
 
 
 def atoms_from_heatmap(heatmap: np.ndarray, *, threshold: float, min_distance_px: float, disk_radius_px: float,
