@@ -141,6 +141,26 @@ def _record_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], seen: s
             _record_lines(child, path + (index,), lines, seen)
 
 
+def _refuse_duplicate_keys(node: yaml.Node, label: str, seen: set[int]) -> None:
+    """A key given twice in one mapping is an error (YAML loaders keep the last one silently)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key_node.value in first:
+                    raise RecipeError(f"key '{key_node.value}' is given twice, on lines {first[key_node.value]} "
+                                      f"and {line}: keep one", file=label, line=line)
+                first[key_node.value] = line
+            _refuse_duplicate_keys(value_node, label, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _refuse_duplicate_keys(child, label, seen)
+
+
 def parse_yaml(text: str, label: str) -> _Doc:
     """Safe-load one YAML document, keeping the line of every key."""
     loader = None
@@ -152,6 +172,7 @@ def parse_yaml(text: str, label: str) -> _Doc:
         if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
             raise RecipeError(f"the document expands to more than {MAX_EXPANDED_NODES} nodes "
                               "(too many or nested aliases)", file=label, line=node.start_mark.line + 1)
+        _refuse_duplicate_keys(node, label, set())
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark

@@ -93,6 +93,8 @@ MALFORMED = {
     "base-not-string": ("name: x\nbase: [a, b]\n", 2, "base", "must be a recipe name"),
     "billion-laughs": ("a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
                        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nname: *e\n", 1, None, "aliases"),
+    "duplicate-key": ("name: x\nsample:\n  material: Pt\n  material: Pd\n", 4, None, "given twice, on lines 3 and 4"),
+    "duplicate-top-key": (GOOD_RECIPE + "name: other\n", 23, None, "'name' is given twice"),
     "not-utf8": ("name: caf\xe9\n".encode("latin-1"), None, None, "UTF-8"),
 }
 
