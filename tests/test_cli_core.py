@@ -76,3 +76,16 @@ def test_recipes_command_lists_descriptions(capsys):
     out = capsys.readouterr().out
     for name in BUILTIN_RECIPES:
         assert name in out
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-0.2", "abc"])
+@pytest.mark.parametrize("command", ["segment", "extract", "run", "evaluate"])
+def test_a_pixel_size_that_is_not_finite_and_positive_is_refused_before_any_work(command, value, capsys, tmp_path):
+    argv = {"segment": ["segment", str(tmp_path), "--model", str(tmp_path)],
+            "extract": ["extract", "nanoparticles-haadf", "--input", str(tmp_path), "--out", str(tmp_path / "o")],
+            "run": ["run", "nanoparticles-haadf", "--input", str(tmp_path), "--out", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--pred", str(tmp_path), "--truth", str(tmp_path)]}[command]
+    with pytest.raises(SystemExit) as caught:
+        main(argv + ["--pixel-size-nm", value])
+    assert caught.value.code == 2
+    assert "--pixel-size-nm" in capsys.readouterr().err and not (tmp_path / "o").exists()

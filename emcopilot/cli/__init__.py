@@ -18,9 +18,22 @@ from ..errors import EmcopilotError
 COMMANDS = ("plugins", "recipes", "validate", "extract", "run", "segment", "evaluate", "demo")
 
 
+def pixel_size(text: str) -> float:
+    """An argparse type: a finite, positive pixel size in nm (``inf``, ``nan``, 0 and negatives refused)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel size in nm, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a pixel size must be a finite number of nm above 0, got {text!r}")
+    return value
+
+
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     """``--pixel-size-nm`` and ``--calibration``, the same for every command that reads micrographs."""
-    parser.add_argument("--pixel-size-nm", type=float, help="pixel size for files without calibration (overrides)")
+    parser.add_argument("--pixel-size-nm", type=pixel_size, help="pixel size for files without calibration (overrides)")
     parser.add_argument("--calibration", metavar="CSV",
                         help="per-file pixel sizes, a CSV with the header 'image,pixel_size_nm' (file names or "
                              "paths); an entry wins over the file's calibration and --pixel-size-nm")

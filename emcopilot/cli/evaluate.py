@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import pixel_size
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -22,7 +24,7 @@ def add_parser(subparsers):
     radius.add_argument("--radius-px", type=float, default=None, help="point match radius in pixels (default 3)")
     radius.add_argument("--radius-nm", type=float, default=None, help="point match radius in nm (needs a pixel size)")
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="least IoU of a box/mask match (0.5)")
-    parser.add_argument("--pixel-size-nm", type=float, default=None,
+    parser.add_argument("--pixel-size-nm", type=pixel_size, default=None,
                         help="pixel size when particles.csv has no nm columns (for --radius-nm)")
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of the input images (YOLO truth needs each image's size; default: the "
