@@ -188,7 +188,11 @@ def load_checkpoint(directory: str | os.PathLike, *, expected_architecture: Mapp
     directory = Path(directory)
     config = read_config(directory)
     if expected_architecture is not None:
-        problems = architecture_mismatch(config.get("architecture", {}), expected_architecture)
+        stored = config.get("architecture", {})
+        if not isinstance(stored, Mapping):
+            raise CheckpointError(f"{directory / CONFIG_NAME}: architecture must be a mapping of the network's "
+                                  f"settings, got {type(stored).__name__} {stored!r}")
+        problems = architecture_mismatch(stored, expected_architecture)
         if problems:
             raise CheckpointError(f"{directory}: checkpoint architecture does not match: " + "; ".join(problems))
     state_dicts = {}

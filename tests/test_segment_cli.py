@@ -75,6 +75,34 @@ def test_segment_refuses_pickled_or_foreign_models(model_dir, tmp_path, capsys):
     assert "does not name a segmenter" in capsys.readouterr().err
 
 
+BROKEN_CONFIGS = {
+    "pixel-size-text": (lambda c: c.update(working_pixel_size_nm="abc"), "working_pixel_size_nm must be a positive"),
+    "pixel-size-negative": (lambda c: c.update(working_pixel_size_nm=-1), "working_pixel_size_nm must be a positive"),
+    "pixel-size-bool": (lambda c: c.update(working_pixel_size_nm=True), "working_pixel_size_nm must be a positive"),
+    "architecture-number": (lambda c: c.update(architecture=5), "architecture must be a mapping"),
+    "normalisation-list": (lambda c: c.update(normalisation=[1, 2]), "normalisation must be a mapping"),
+    "sample-list": (lambda c: c.update(sample=[1]), "sample must be a mapping"),
+    "sample-bad-value": (lambda c: c["sample"].update(pixel_size_nm="x"), "sample.pixel_size_nm"),
+    "sample-unknown-key": (lambda c: c["sample"].update(metal="Pt"), "sample.metal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_CONFIGS))
+def test_a_broken_model_config_is_one_line_naming_the_file(model_dir, tmp_path, capsys, case):
+    edit, fragment = BROKEN_CONFIGS[case]
+    config = json.loads((model_dir / "config.json").read_text())
+    edit(config)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    image, _ = _disks()
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "a.png", np.clip(image, 0, 255).astype(np.uint8))
+    code = main(["segment", "--model", str(model_dir), "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and fragment in err and "config.json" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     registry = get_registry()
     if "classical" not in registry.components["prior_extractor"]:

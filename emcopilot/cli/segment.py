@@ -91,7 +91,13 @@ def load_model(model_dir: Path, device: str | None = None, *, params: Mapping[st
     merged = {**saved, **overrides}
     if device is not None:
         merged["device"] = device
-    sample = Sample.from_dict(config["sample"]) if isinstance(config.get("sample"), dict) else None
+    if "sample" in config and not isinstance(config["sample"], dict):
+        raise CheckpointError(f"{path}: sample must be a mapping like a recipe's sample block, got "
+                              f"{type(config['sample']).__name__}")
+    try:
+        sample = Sample.from_dict(config["sample"]) if "sample" in config else None
+    except ParamsProblem as problem:
+        raise CheckpointError(f"{path}: sample.{problem.key}: {problem.reason}") from None
     try:
         segmenter = get_registry().get("segmenter", choice["plugin"]).create(merged, sample)
     except ParamsProblem as problem:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from emcopilot.checkpoint import load_checkpoint, restore_module, save_checkpoint
-from emcopilot.errors import EmcopilotError, InputError
+from emcopilot.errors import CheckpointError, EmcopilotError, InputError
 from emcopilot.interfaces import Instances, Micrograph, TrainBudget
 from emcopilot.recipe import Sample
 from emcopilot.scale import labels_to_original, plan_scaling, points_to_original, to_working
@@ -409,8 +409,17 @@ class UNetSegmenter:
         if "model" not in state_dicts:
             raise InputError(f"{directory}: checkpoint holds no 'model' network (found {', '.join(state_dicts)})")
         restore_module(self.net, state_dicts["model"], str(directory))
-        self.working_pixel_size_nm = float(config.get("working_pixel_size_nm", self.working_pixel_size_nm))
-        self.normalisation = dict(config.get("normalisation", self.normalisation))
+        where = Path(directory) / "config.json"
+        working = config.get("working_pixel_size_nm", self.working_pixel_size_nm)
+        if isinstance(working, bool) or not isinstance(working, (int, float)) or not (
+                math.isfinite(working) and working > 0):
+            raise CheckpointError(f"{where}: working_pixel_size_nm must be a positive number of nm, got {working!r}")
+        normalisation = config.get("normalisation", self.normalisation)
+        if not isinstance(normalisation, Mapping) or set(normalisation) != set(self.normalisation):
+            raise CheckpointError(f"{where}: normalisation must be a mapping with the keys "
+                                  f"{', '.join(sorted(self.normalisation))}, got {normalisation!r}")
+        self.working_pixel_size_nm = float(working)
+        self.normalisation = dict(normalisation)
         self.net.to(self.device).eval()
         self.trained = True
 
