@@ -121,7 +121,6 @@ class Loop:
     def stage(self, run: RunDirectory, name: str, round_index: int, depends: dict[str, Any], compute) -> Path:
         stage_id = f"{name}@{round_index}"
         key = digest({"stage": stage_id, "emcopilot": __version__, **depends})
-        self.keys[stage_id] = key
         started = time.perf_counter()
         force = self.force is not None and STAGES.index(name) >= STAGES.index(self.force)
         try:
@@ -130,6 +129,7 @@ class Loop:
             raise EmcopilotError(f"stage {stage_id} failed ({self.describe_plugins(name)}): "
                                  f"{type(error).__name__}: {error}. Completed stages are kept in "
                                  f"{run.root / 'stages'}; re-run the same command to resume.") from error
+        self.keys[stage_id] = run.output_key(stage_id)  # what later stages depend on
         if reused:
             self.reused.append(stage_id)
         self.timings[stage_id] = round(time.perf_counter() - started, 3)

@@ -19,6 +19,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -182,7 +183,9 @@ class RunDirectory:
         """Run ``compute(directory)`` unless cached; returns ``(directory, reused)``.
 
         The stage directory is cleared before computing and the key is written
-        last, so an interrupted stage is recomputed on the next run.
+        last, so an interrupted stage is recomputed on the next run; its new
+        generation then changes the :meth:`output_key` every later stage
+        depends on, so they are recomputed too.
         """
         directory = self.stage_dir(stage)
         if not force and self.cached(stage, key):
@@ -191,8 +194,15 @@ class RunDirectory:
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         compute(directory)
-        write_json(directory / "key.json", {"stage": stage, "key": key})
+        # a new generation each time the stage is computed: later stages key on it (output_key), so a
+        # stage recomputed after an interrupted --force never pairs with outputs made from its old self
+        write_json(directory / "key.json", {"stage": stage, "key": key, "generation": uuid.uuid4().hex})
         return directory, False
+
+    def output_key(self, stage: str) -> str:
+        """What a later stage's key holds of a completed ``stage``: its key and the generation of its outputs."""
+        marker = read_json(self.stage_dir(stage) / "key.json")
+        return digest({"key": marker.get("key"), "generation": marker.get("generation")})
 
     def invalidate_from(self, stages: list[str], first: str) -> None:
         """Forget ``first`` and every later stage (``--force STAGE``)."""

@@ -79,6 +79,22 @@ def test_run_writes_every_output_and_resumes(experiment, tmp_path):
     assert (out / "particles.csv").read_text() == first  # same seed, same result
 
 
+def test_a_stage_recomputed_after_an_interrupted_force_recomputes_every_later_stage(experiment, tmp_path):
+    import shutil
+
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out) == 0
+    # what `run --force segmenter` leaves when it is killed during training: the stage cleared, no key,
+    # the predictions of the old model still on disk
+    shutil.rmtree(out / "stages" / "segmenter@1")
+    (out / "stages" / "segmenter@1").mkdir()
+    assert run(recipe, inputs, out) == 0
+    assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
+    segmenter_key = json.loads((out / "stages" / "segmenter@1" / "key.json").read_text())
+    assert run_info(out)["stage_keys"]["segmenter@1"] != segmenter_key["key"]  # later stages see the generation
+
+
 def test_changed_budget_recomputes_only_what_depends_on_it(experiment, tmp_path):
     recipe, inputs = experiment
     out = tmp_path / "run"
