@@ -136,6 +136,33 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def remove_stale_outputs(out: Path, masks: Iterable[str], parts: Iterable[str] = ()) -> list[str]:
+    """Delete the masks and table parts in ``out`` that the command just finished did not write.
+
+    ``segment`` and ``extract`` run again into the same ``--out`` with other
+    inputs would otherwise leave the earlier images' masks beside the new table.
+    Called after the new outputs are in place, so nothing is lost if the command
+    fails first. Returns the names removed.
+    """
+    removed = []
+    for folder, keep in (("masks", set(masks)), ("parts", set(parts))):
+        directory = Path(out) / folder
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if path.is_file() and path.name not in keep and not path.name.startswith("."):
+                path.unlink()
+                removed.append(f"{folder}/{path.name}")
+    return removed
+
+
+def refuse_run_folder(out: Path, command: str) -> None:
+    """``segment`` and ``extract`` do not write into the folder of an ``emcopilot run``."""
+    if (Path(out) / "stages").is_dir():
+        raise EmcopilotError(f"--out {out} holds an emcopilot run (stages/); {command} would mix its outputs "
+                             f"with the run's: choose another folder")
+
+
 class RunDirectory:
     """The ``--out`` folder of one run, held under an exclusive lock."""
 

@@ -133,3 +133,19 @@ def test_scale_estimate_on_ardagen_dev_within_1_5x(shared_data):
         boxes = read_yolo_truth(shared_data / "ardagen-dev" / "labels" / f"{name}.txt", micrograph.shape)
         human = np.median(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
         assert 1 / 1.5 < dominant_diameter_px(micrograph.data, bright=bright) / human < 1.5, name
+
+
+def test_extract_again_into_the_same_out_keeps_only_this_runs_outputs(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_disks(tmp_path / name / f"{name}.png", 4)
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    args = [str(recipe), "--out", str(out), "--pixel-size-nm", "0.2", "--no-progress"]
+    assert main(["extract", "--input", str(tmp_path / "a"), *args]) == 3
+    assert main(["extract", "--input", str(tmp_path / "b"), *args]) == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["b.png.tif"]
+    assert not (out / "errors.csv").exists()
+    assert set(pd.read_csv(out / "particles.csv")["image"]) == {"b.png"}

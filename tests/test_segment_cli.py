@@ -176,3 +176,32 @@ def test_inputs_that_share_a_name_keep_their_own_rows_and_masks(model_dir, tmp_p
         from emcopilot.measure import mask_file_name
         mask = tifffile.imread(out / "masks" / mask_file_name(name))
         assert len(np.unique(mask[mask > 0])) == (table["image"] == name).sum()
+
+
+def test_segment_again_into_the_same_out_keeps_only_this_runs_outputs_and_is_locked(model_dir, tmp_path, capsys):
+    import imageio.v3 as iio
+    import pandas as pd
+
+    from emcopilot.rundir import RunDirectory
+
+    image, _ = _disks(seed=2)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        iio.imwrite(tmp_path / name / f"{name}.png", np.clip(image, 0, 255).astype(np.uint8))
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = ["--model", str(model_dir), "--out", str(out), "--pixel-size-nm", "0.1", "--no-progress"]
+    assert main(["segment", "--input", str(tmp_path / "a"), *args]) == 3
+    assert main(["segment", "--input", str(tmp_path / "b"), *args]) == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["b.png.tif"]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["b.png.parquet"]
+    assert set(pd.read_csv(out / "particles.csv")["image"]) == {"b.png"}
+    assert len(pd.read_csv(out / "errors.csv")) == 0  # the earlier run's failure is not this one's
+    capsys.readouterr()
+    with RunDirectory(out):  # another command holds --out
+        assert main(["segment", "--input", str(tmp_path / "a"), *args]) == 1
+    assert "is in use by" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["b.png.tif"]
+    (out / "stages").mkdir()
+    assert main(["segment", "--input", str(tmp_path / "a"), *args]) == 1
+    assert "holds an emcopilot run" in capsys.readouterr().err

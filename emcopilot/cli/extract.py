@@ -42,10 +42,11 @@ def run(args) -> int:
 
     from ..errors import EmcopilotError, InputError
     from ..io import expand_inputs, read_micrographs
-    from ..measure import write_outputs
+    from ..measure import mask_file_name, write_outputs
     from ..morphology import MorphologyPrior
     from ..recipe import load_recipe
-    from ..rundir import environment, input_sha256s, write_errors, write_json, write_text
+    from ..rundir import (RunDirectory, environment, input_sha256s, refuse_run_folder, remove_stale_outputs,
+                          write_errors, write_json, write_text)
 
     log = logging.getLogger("emcopilot.extract")
     started = time.perf_counter()
@@ -57,43 +58,49 @@ def run(args) -> int:
     micrographs = read_micrographs(paths, pixel_size_nm=pixel_size_nm, errors=read_errors, calibration=calibration)
     if not micrographs and not read_errors:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
-    args.out.mkdir(parents=True, exist_ok=True)
-    errors = [(str(path), message) for path, message in read_errors]
-    done, found, images = [], [], {}
-    for micrograph in tqdm(micrographs, desc=f"extract ({recipe.prior_extractor.plugin})",
-                           disable=args.no_progress, leave=False):
-        image_started = time.perf_counter()
-        try:
-            instances = extractor.extract(micrograph)
-        except EmcopilotError as error:
-            errors.append((micrograph.name, str(error)))
-            continue
-        pixel_size_nm, source = _pixel_size(micrograph, instances)
-        if instances.count == 0:
-            log.warning("%s: the %s extractor found nothing", micrograph.name, recipe.prior_extractor.plugin)
-        done.append(micrograph)
-        found.append(instances)
-        images[micrograph.name] = {
-            "shape": list(micrograph.shape), "pixel_size_nm": pixel_size_nm, "pixel_size_source": source,
-            "objects": instances.count, "seconds": time.perf_counter() - image_started,
-            "extractor_report": {k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))}}
-    pixel_sizes = [images[m.name]["pixel_size_nm"] for m in done]
-    table = write_outputs(args.out, done, found, pixel_sizes)
-    if done:
-        prior = MorphologyPrior.fit(found, done, sample=recipe.sample)
-        write_text(args.out / "prior.json", prior.to_json())
-    if errors:
-        write_errors(args.out / "errors.csv", errors)
-    write_json(args.out / "run.json", {
-        "command": "extract", "recipe": recipe.as_dict(),
-        "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
-        "inputs": input_sha256s(path for path in paths if path.is_file()),
-        "images": images, "errors": [{"input": name, "error": message} for name, message in errors],
-        "timings": {"total_s": time.perf_counter() - started}, "environment": environment()})
-    print(f"{len(done)} micrograph(s), {len(table)} objects ({recipe.prior_extractor.plugin}) -> "
-          f"{args.out / 'particles.csv'}")
-    if errors:
-        for name, message in errors:
-            print(f"failed: {message}" if message.startswith(str(name)) else f"failed: {name}: {message}")
-        return 3
-    return 0
+    refuse_run_folder(args.out, "extract")
+    with RunDirectory(args.out):  # one command at a time per --out
+        errors = [(str(path), message) for path, message in read_errors]
+        done, found, images = [], [], {}
+        for micrograph in tqdm(micrographs, desc=f"extract ({recipe.prior_extractor.plugin})",
+                               disable=args.no_progress, leave=False):
+            image_started = time.perf_counter()
+            try:
+                instances = extractor.extract(micrograph)
+            except EmcopilotError as error:
+                errors.append((micrograph.name, str(error)))
+                continue
+            pixel_size_nm, source = _pixel_size(micrograph, instances)
+            if instances.count == 0:
+                log.warning("%s: the %s extractor found nothing", micrograph.name, recipe.prior_extractor.plugin)
+            done.append(micrograph)
+            found.append(instances)
+            images[micrograph.name] = {
+                "shape": list(micrograph.shape), "pixel_size_nm": pixel_size_nm, "pixel_size_source": source,
+                "objects": instances.count, "seconds": time.perf_counter() - image_started,
+                "extractor_report": {k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))}}
+        pixel_sizes = [images[m.name]["pixel_size_nm"] for m in done]
+        table = write_outputs(args.out, done, found, pixel_sizes)
+        if done:
+            prior = MorphologyPrior.fit(found, done, sample=recipe.sample)
+            write_text(args.out / "prior.json", prior.to_json())
+        if errors:
+            write_errors(args.out / "errors.csv", errors)
+        elif (args.out / "errors.csv").exists():  # an earlier extract's failures are not this one's
+            (args.out / "errors.csv").unlink()
+        remove_stale_outputs(args.out, [mask_file_name(m.name) for m in done])
+        if not done and (args.out / "prior.json").exists():
+            (args.out / "prior.json").unlink()
+        write_json(args.out / "run.json", {
+            "command": "extract", "recipe": recipe.as_dict(),
+            "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
+            "inputs": input_sha256s(path for path in paths if path.is_file()),
+            "images": images, "errors": [{"input": name, "error": message} for name, message in errors],
+            "timings": {"total_s": time.perf_counter() - started}, "environment": environment()})
+        print(f"{len(done)} micrograph(s), {len(table)} objects ({recipe.prior_extractor.plugin}) -> "
+              f"{args.out / 'particles.csv'}")
+        if errors:
+            for name, message in errors:
+                print(f"failed: {message}" if message.startswith(str(name)) else f"failed: {name}: {message}")
+            return 3
+        return 0

@@ -108,10 +108,10 @@ def load_model(model_dir: Path, device: str | None = None, *, params: Mapping[st
 
 
 def run(args) -> int:
-    from ..batch import cached_model, merge_parts, run_batch
+    from ..batch import cached_model
     from ..errors import InputError
     from ..io import expand_inputs
-    from ..rundir import environment, input_sha256s, write_errors, write_json
+    from ..rundir import RunDirectory, refuse_run_folder
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
@@ -122,13 +122,24 @@ def run(args) -> int:
     if not paths:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
-    args.out.mkdir(parents=True, exist_ok=True)
+    refuse_run_folder(args.out, "segment")
+    with RunDirectory(args.out):  # one command at a time per --out
+        return _segment(args, paths, overrides, pixel_size_nm, calibration, started)
+
+
+def _segment(args, paths, overrides, pixel_size_nm, calibration, started) -> int:
+    from ..batch import merge_parts, run_batch
+    from ..measure import mask_file_name
+    from ..rundir import environment, input_sha256s, remove_stale_outputs, write_errors, write_json
+
     summaries = run_batch(paths, args.model, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
                           device=args.device,
                           workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
                           params=overrides)
     table = merge_parts(args.out, summaries)
     images = [image for summary in summaries for image in summary["images"]]
+    remove_stale_outputs(args.out, [mask_file_name(image["name"]) for image in images],
+                         [Path(image["part"]).name for image in images])
     errors = [error for summary in summaries for error in summary["errors"]]
     write_errors(args.out / "errors.csv", errors)
     seconds = time.perf_counter() - started
