@@ -143,9 +143,9 @@ def test_extract_again_into_the_same_out_keeps_only_this_runs_outputs(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    args = [str(recipe), "--out", str(out), "--pixel-size-nm", "0.2", "--no-progress"]
-    assert main(["extract", "--input", str(tmp_path / "a"), *args]) == 3
-    assert main(["extract", "--input", str(tmp_path / "b"), *args]) == 0
+    args = ["--out", str(out), "--pixel-size-nm", "0.2", "--no-progress"]
+    assert main(["extract", str(recipe), *args, "--input", str(tmp_path / "a")]) == 3
+    assert main(["extract", str(recipe), *args, "--input", str(tmp_path / "b")]) == 0
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["b.png.tif"]
     assert not (out / "errors.csv").exists()
     assert set(pd.read_csv(out / "particles.csv")["image"]) == {"b.png"}
