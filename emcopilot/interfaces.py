@@ -17,6 +17,16 @@ from .errors import InputError
 PIXEL_SIZE_RANGE_NM = (1e-4, 1e3)
 
 
+def text_safe(name: str) -> str:
+    """``name`` as text every output can hold: bytes of a file name that are not UTF-8 (legal on
+    Linux; Python decodes them to lone surrogates) become ``\\xNN`` escapes, e.g. ``caf\\xe9.png``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass
 class Micrograph:
     """A 2-D micrograph: float32 pixels plus calibration and provenance.
@@ -50,6 +60,7 @@ class Micrograph:
             self.pixel_size_nm = size
         if not self.name:
             self.name = self.source.name if self.source else "micrograph"
+        self.name = text_safe(self.name)
 
     @property
     def shape(self) -> tuple[int, int]:

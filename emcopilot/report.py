@@ -55,7 +55,8 @@ def overlay_figure(micrograph: Micrograph, instances: Instances) -> str:
     if instances.points is not None and len(instances.points):
         axis.plot(instances.points[:, 1] / step, instances.points[:, 0] / step, "o", mfc="none",
                   mec="#00c8ff", ms=4, mew=0.8)
-    axis.set_title(f"{micrograph.name}: {instances.count} objects", fontsize=9)
+    # parse_math off: a file name such as a$\frac$.png is text, not mathtext to be rendered (or fail)
+    axis.set_title(f"{micrograph.name}: {instances.count} objects", fontsize=9, parse_math=False)
     axis.set_axis_off()
     return _figure_png(fig)
 

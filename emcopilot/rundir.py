@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import EmcopilotError
+from .interfaces import text_safe
 
 
 class RunLockedError(EmcopilotError):
@@ -117,7 +118,7 @@ def write_errors(path: Path, errors: Sequence[tuple[str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "error"])
-    writer.writerows([formula_safe(str(cell)) for cell in row] for row in errors)
+    writer.writerows([formula_safe(text_safe(str(cell))) for cell in row] for row in errors)
     write_text(path, buffer.getvalue())
 
 

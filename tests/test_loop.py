@@ -189,3 +189,22 @@ def test_a_failing_plugin_names_stage_and_plugin_and_keeps_finished_stages(exper
     assert "stage generator@1 failed (generator 'pix2pix' from emcopilot 0.1.0)" in err
     assert "re-run the same command to resume" in err
     assert (out / "stages" / "adapter@1" / "key.json").exists()  # finished stages kept
+
+
+def test_any_file_name_the_file_system_allows_goes_through_run_and_extract(experiment, tmp_path):
+    import shutil
+
+    recipe, inputs = experiment
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    first, second = sorted(inputs.iterdir())[:2]
+    shutil.copy(first, os.fsencode(odd) + b"/caf\xe9 " + first.name.encode())  # not UTF-8: legal on Linux
+    shutil.copy(second, odd / ("a$\\frac$ " + second.name))  # mathtext in a plot title
+    out = tmp_path / "run"
+    assert run(recipe, odd, out) == 0
+    names = {"caf\\xe9 " + first.name, "a$\\frac$ " + second.name}
+    assert set(run_info(out)["calibration"]) == names
+    assert "caf\\xe9" in (out / "report.html").read_text(encoding="utf-8")
+    assert len(list((out / "masks").iterdir())) == 2
+    assert main(["extract", str(recipe), "--input", str(odd), "--out", str(tmp_path / "extract"), "--no-progress"]) == 0
+    assert set(pd.read_csv(tmp_path / "extract" / "particles.csv")["image"]) == names
