@@ -303,27 +303,55 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
     return micrographs
 
 
-def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_inputs(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
     """Files named directly, plus supported files inside named directories (sorted).
 
     In a directory, a ``.emi`` is skipped when its ``.ser`` files are present
     (they hold the same images); other files that no reader takes are named in
-    a warning (hidden files are skipped silently).
+    a warning (hidden files are skipped silently). Sub-folders are read with
+    ``recursive`` (symlinked folders are not followed, so a link loop cannot
+    recurse) and otherwise named in a warning. A broken link or a link loop
+    in a directory is kept as an input, so that it fails when read and is
+    listed with the reason in ``errors.csv`` like any unreadable file.
     """
     files: list[Path] = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            visible = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-            found = sorted(p for p in visible if p.suffix.lower() in SUPPORTED_EXTENSIONS)
-            unread = sorted(p.name for p in visible if p.suffix.lower() not in SUPPORTED_EXTENSIONS)
-            if unread:
-                log.warning("%s: skipped %d file(s) no reader takes: %s%s", path, len(unread),
-                            ", ".join(unread[:5]), ", ..." if len(unread) > 5 else "")
-            sers = {p.stem.rsplit("_", 1)[0] for p in found if p.suffix.lower() == ".ser"}
-            files += [p for p in found if not (p.suffix.lower() == ".emi" and p.stem in sers)]
+            files += _folder_inputs(path, recursive)
         else:
             files.append(path)
+    return files
+
+
+def _folder_inputs(folder: Path, recursive: bool) -> list[Path]:
+    files: list[Path] = []
+    folders = [folder]
+    while folders:
+        path = folders.pop(0)
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        visible = [p for p in entries if p.is_file()]
+        found = [p for p in visible if p.suffix.lower() in SUPPORTED_EXTENSIONS]
+        unread = [p.name for p in visible if p.suffix.lower() not in SUPPORTED_EXTENSIONS]
+        if unread:
+            log.warning("%s: skipped %d file(s) no reader takes: %s%s", path, len(unread),
+                        ", ".join(unread[:5]), ", ..." if len(unread) > 5 else "")
+        broken = [p for p in entries if p.is_symlink() and not p.exists()]  # dangling, or a loop
+        if broken:
+            log.warning("%s: %d link(s) lead nowhere (broken or a loop): %s", path, len(broken),
+                        ", ".join(p.name for p in broken[:5]))
+        subfolders = [p for p in entries if p.is_dir()]
+        if recursive:
+            real = [p for p in subfolders if not p.is_symlink()]
+            if len(real) < len(subfolders):
+                log.warning("%s: not following %d linked folder(s): %s", path, len(subfolders) - len(real),
+                            ", ".join(p.name for p in subfolders if p.is_symlink())[:200])
+            folders += real
+        elif subfolders:
+            log.warning("%s: skipped %d sub-folder(s) (give --recursive to read them): %s%s", path,
+                        len(subfolders), ", ".join(p.name for p in subfolders[:5]), ", ..." if len(subfolders) > 5 else "")
+        sers = {p.stem.rsplit("_", 1)[0] for p in found if p.suffix.lower() == ".ser"}
+        files += sorted([p for p in found if not (p.suffix.lower() == ".emi" and p.stem in sers)] + broken)
     return files
 
 

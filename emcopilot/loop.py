@@ -66,11 +66,13 @@ class Loop:
     def __init__(self, recipe: Recipe, inputs: Sequence[str | Path], out: Path, *,
                  profile: str | None = None, pixel_size_nm: float | None = None,
                  force: str | None = None, device: str = "auto", progress: bool = True,
-                 max_minutes: float | None = None, calibration: "CalibrationTable | None" = None):
+                 max_minutes: float | None = None, calibration: "CalibrationTable | None" = None,
+                 recursive: bool = False):
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
         self.inputs = [Path(p) for p in inputs]
+        self.recursive = recursive
         self.out = Path(out)
         self.profile_name = profile or recipe.train["profile"]
         self.profile = dict(recipe.profile(self.profile_name))
@@ -140,7 +142,7 @@ class Loop:
 
     def read_inputs(self, run: RunDirectory) -> tuple[list[Micrograph], list[tuple[str, str]], dict[str, str]]:
         micrographs, errors, hashes = [], [], {}
-        paths = expand_inputs(self.inputs)
+        paths = expand_inputs(self.inputs, recursive=self.recursive)
         for path, name in zip(paths, input_names(paths)):
             try:
                 frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override,

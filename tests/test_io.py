@@ -1,6 +1,8 @@
 """Micrograph readers: calibration, units, colour, stacks, and bad files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -246,3 +248,32 @@ def test_input_names_scale_and_survive_a_file_given_twice(tmp_path):
     names = input_names(paths)
     assert time.perf_counter() - started < 5.0
     assert names[1] == "f1.png" and names[0] == "d0/f0.png" and names[-1] == "d1/f0.png"
+
+
+def test_folder_scans_name_what_they_skip_and_read_sub_folders_on_request(tmp_path, caplog):
+    import logging
+
+    import imageio.v3 as iio
+
+    from emcopilot.io import expand_inputs, read_micrographs
+
+    image = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    iio.imwrite(tmp_path / "a.png", image)
+    iio.imwrite(tmp_path / "sub" / "b.png", image)
+    iio.imwrite(tmp_path / "sub" / "deeper" / "c.png", image)
+    (tmp_path / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # a folder loop
+    with caplog.at_level(logging.WARNING, logger="emcopilot.io"):
+        flat = expand_inputs([tmp_path])
+    assert [p.name for p in flat] == ["a.png", "broken.png", "loop1", "loop2"]
+    assert "skipped 1 sub-folder(s) (give --recursive to read them): sub" in caplog.text
+    assert "3 link(s) lead nowhere" in caplog.text
+    deep = expand_inputs([tmp_path], recursive=True)
+    assert sorted(p.name for p in deep) == ["a.png", "b.png", "broken.png", "c.png", "loop1", "loop2"]
+    errors = []
+    assert [m.name for m in read_micrographs(flat, errors=errors)] == ["a.png"]
+    assert sorted(Path(path).name for path, _ in errors) == ["broken.png", "loop1", "loop2"]
+    assert all("link" in message for _, message in errors)

@@ -31,6 +31,13 @@ def pixel_size(text: str) -> float:
     return value
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input`` and ``--recursive``, the same for every command that reads micrographs."""
+    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
+    parser.add_argument("--recursive", "-r", action="store_true",
+                        help="also read the sub-folders of input folders (linked folders are not followed)")
+
+
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     """``--pixel-size-nm`` and ``--calibration``, the same for every command that reads micrographs."""
     parser.add_argument("--pixel-size-nm", type=pixel_size, help="pixel size for files without calibration (overrides)")

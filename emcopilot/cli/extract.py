@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import add_calibration_arguments, read_calibration_arguments
+from . import add_calibration_arguments, add_input_arguments, read_calibration_arguments
 
 
 def add_parser(subparsers):
@@ -21,7 +21,7 @@ def add_parser(subparsers):
         description="Run only the recipe's prior extractor on the inputs and write particles.csv, "
                     "particles.parquet, masks/, prior.json and run.json to --out.")
     parser.add_argument("recipe", help="built-in recipe name or path to a YAML file")
-    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
+    add_input_arguments(parser)
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     add_calibration_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -53,7 +53,8 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe)
     extractor = recipe.prior_extractor.create(recipe.sample)
     read_errors: list = []
-    paths = expand_inputs(args.input)  # once: a folder's unreadable files are reported once
+    # listed once: a folder's unreadable files are reported once
+    paths = expand_inputs(args.input, recursive=args.recursive)
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
     micrographs = read_micrographs(paths, pixel_size_nm=pixel_size_nm, errors=read_errors, calibration=calibration)
     if not micrographs and not read_errors:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import add_calibration_arguments, read_calibration_arguments
+from . import add_calibration_arguments, add_input_arguments, read_calibration_arguments
 
 
 def add_parser(subparsers):
@@ -12,7 +12,7 @@ def add_parser(subparsers):
         description="Extract priors, learn contrast, synthesize labelled micrographs, train a segmenter "
                     "and measure the real images. Re-running with the same --out resumes.")
     parser.add_argument("recipe", help="built-in recipe name or path to a YAML file")
-    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
+    add_input_arguments(parser)
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     parser.add_argument("--profile", help="training profile of the recipe (default: the recipe's)")
     add_calibration_arguments(parser)
@@ -31,11 +31,12 @@ def run(args) -> int:
     from ..io import expand_inputs
     recipe = load_recipe(args.recipe)
     # the folders are listed again by the loop; here only to warn of table rows that match no input
-    pixel_size_nm, calibration = read_calibration_arguments(args, expand_inputs(args.input) if args.calibration else ())
+    listed = expand_inputs(args.input, recursive=args.recursive) if args.calibration else ()
+    pixel_size_nm, calibration = read_calibration_arguments(args, listed)
     result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=pixel_size_nm,
                   calibration=calibration,
                   force=args.force, device=args.device, progress=not args.no_progress,
-                  max_minutes=args.max_minutes).run()
+                  max_minutes=args.max_minutes, recursive=args.recursive).run()
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
     low, high = pooled.get("ci", {}).get("mean", (float("nan"), float("nan")))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import add_calibration_arguments, read_calibration_arguments
+from . import add_calibration_arguments, add_input_arguments, read_calibration_arguments
 
 
 def add_parser(subparsers):
@@ -23,7 +23,7 @@ def add_parser(subparsers):
         description="Rebuild the segmenter named in MODEL/config.json, load its weights, segment every input "
                     "and write particles.csv, particles.parquet, masks/ and run.json to --out.")
     parser.add_argument("--model", required=True, type=Path, help="model folder (config.json + weights)")
-    parser.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="files or folders")
+    add_input_arguments(parser)
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     add_calibration_arguments(parser)
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default: the model's setting)")
@@ -118,7 +118,7 @@ def run(args) -> int:
     started = time.perf_counter()
     overrides = parse_params(args.param)
     cached_model(str(args.model), args.device, overrides)  # a model that cannot load stops here, before any work
-    paths = expand_inputs(args.input)
+    paths = expand_inputs(args.input, recursive=args.recursive)
     if not paths:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
