@@ -206,6 +206,9 @@ def _read_rsciio(path: Path, label: str) -> list[Micrograph]:
 def _read_plain(path: Path, label: str) -> list[Micrograph]:
     try:
         from PIL import Image
+        # PIL's own decompression-bomb guard (2x its MAX_IMAGE_PIXELS, ~179 Mpx) would refuse frames within
+        # ours with a message about a limit that is not the one applied; make the two limits one
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
         with Image.open(path) as header:  # reads the header only
             _check_frame_size(header.size[::-1], label)
     except ReadError:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import EmcopilotError
 from .interfaces import Instances, Micrograph
-from .rundir import RunDirectory, read_json, write_json
+from .rundir import RunDirectory, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,8 @@ def _save_instances(path: Path, instances: Instances) -> None:
         arrays["points"] = instances.points
     if instances.scores is not None:
         arrays["scores"] = np.asarray(instances.scores, float)
-    tmp = path.with_suffix(".part.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:  # nothing left behind on failure
+        np.savez_compressed(handle, **arrays)
     write_json(path.with_suffix(".json"), instances.metadata)
 
 

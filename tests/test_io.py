@@ -277,3 +277,23 @@ def test_folder_scans_name_what_they_skip_and_read_sub_folders_on_request(tmp_pa
     assert [m.name for m in read_micrographs(flat, errors=errors)] == ["a.png"]
     assert sorted(Path(path).name for path, _ in errors) == ["broken.png", "loop1", "loop2"]
     assert all("link" in message for _, message in errors)
+
+
+def test_a_frame_within_the_pixel_limit_is_not_refused_as_over_it(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def header_only_png(path, width, height):  # a PNG that claims a size and holds no pixels
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                         + chunk(b"IEND", b""))
+
+    header_only_png(tmp_path / "within.png", 15000, 15000)  # 225 Mpx: above PIL's own guard, below ours
+    with pytest.raises(ReadError) as caught:
+        read_micrograph(tmp_path / "within.png")
+    assert "exceeds the limit" not in str(caught.value) and "within.png" in str(caught.value)
+    header_only_png(tmp_path / "over.png", 17000, 17000)
+    with pytest.raises(ReadError, match=r"over.png: .*exceeds the limit of 268,435,456"):
+        read_micrograph(tmp_path / "over.png")
