@@ -89,3 +89,21 @@ def test_a_pixel_size_that_is_not_finite_and_positive_is_refused_before_any_work
         main(argv + ["--pixel-size-nm", value])
     assert caught.value.code == 2
     assert "--pixel-size-nm" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_out_that_cannot_be_written_is_one_line_and_traceback_on_request(tmp_path, capsys, monkeypatch):
+    import imageio.v3 as iio
+    import numpy as np
+
+    iio.imwrite(tmp_path / "a.png", np.zeros((32, 32), np.uint8))
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["extract", "nanoparticles-haadf", "--input", str(tmp_path / "a.png"), "--out", str(tmp_path / "file"),
+            "--pixel-size-nm", "0.2", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "file") in err and len(err.strip().splitlines()) == 1
+    assert main(["--traceback", *argv]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("EMCOPILOT_DEBUG", "1")
+    assert main(argv) == 1
+    assert "Traceback" in capsys.readouterr().err

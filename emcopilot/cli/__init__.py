@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import traceback
 
 from .. import __version__
 from ..errors import EmcopilotError
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label-free segmentation and size statistics of electron micrographs.")
     parser.add_argument("--version", action="version", version=f"emcopilot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full trace of an error (for a bug report; also EMCOPILOT_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
@@ -89,10 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    debug = getattr(args, "traceback", False) or os.environ.get("EMCOPILOT_DEBUG", "") not in ("", "0")
     try:
         return int(args.handler(args) or 0)
     except EmcopilotError as error:
+        if debug:
+            traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # --out is a file, a folder cannot be written, the disk is full, ...
+        if debug:
+            traceback.print_exc()
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
