@@ -3,8 +3,12 @@
 Every plugin, built-in or third-party, is a module named by an entry point in
 the ``emcopilot`` group. :func:`get_registry` loads them once (lazily), calls
 each ``register_<slot>s`` hook with a callback that records what the plugin
-registers, and returns a :class:`Registry`. A plugin that fails to import is
-kept as a :class:`BrokenPlugin` and reported; the others still load.
+registers, and returns a :class:`Registry`. A plugin that fails to import, to
+register (a factory that is not callable, a parameter that is not a ``Param``,
+a hook that raises), implements a hook no spec declares, or shares its name
+with another plugin is kept as a :class:`BrokenPlugin`, with the reason, and
+nothing it registered is used; the others still load. A component name that
+two plugins register is disabled unless one of them is built in.
 """
 from __future__ import annotations
 
@@ -113,10 +117,14 @@ class Registry:
         self.components: dict[str, dict[str, Component]] = {slot: {} for slot in SLOTS}
         self.recipe_sources: list[tuple[Any, Origin]] = []
         self.broken: list[BrokenPlugin] = []
+        #: (slot, name) -> why the name cannot be used (two plugins registered it)
+        self.disabled: dict[tuple[str, str], str] = {}
 
     def get(self, slot: str, name: str) -> Component:
         if slot not in self.components:
             raise PluginError(f"unknown slot {slot!r}; slots are {', '.join(SLOTS)}.{did_you_mean(slot, SLOTS)}")
+        if (slot, name) in self.disabled:
+            raise PluginError(self.disabled[slot, name])
         try:
             return self.components[slot][name]
         except KeyError:
@@ -131,11 +139,42 @@ class Registry:
         return [self.components[s][n] for s in slots for n in sorted(self.components[s])]
 
     def add(self, component: Component) -> None:
+        """Add a component; a name already taken is a problem of the plugins, not of the host.
+
+        When a built-in and a third-party plugin share a name, the built-in keeps it and the other
+        plugin is listed as broken; between two third-party plugins, the name is disabled (using it
+        is an error naming both) and both are listed.
+        """
+        key = (component.slot, component.name)
+        if key in self.disabled:
+            self.broken.append(BrokenPlugin(component.origin, f"{component.slot} {component.name!r}: "
+                                                              f"{self.disabled[key]}"))
+            return
         existing = self.components[component.slot].get(component.name)
-        if existing is not None:
-            raise PluginError(f"{component.slot} {component.name!r} is registered twice: by "
-                              f"{existing.origin} and by {component.origin}. Rename one of them.")
-        self.components[component.slot][component.name] = component
+        if existing is None:
+            self.components[component.slot][component.name] = component
+            return
+        clash = (f"{component.slot} {component.name!r} is registered twice: by {existing.origin} and by "
+                 f"{component.origin}. Rename one of them or uninstall one of the packages.")
+        if _is_builtin(existing.origin) != _is_builtin(component.origin):
+            keep, drop = (existing, component) if _is_builtin(existing.origin) else (component, existing)
+            self.components[component.slot][component.name] = keep
+            self.broken.append(BrokenPlugin(drop.origin, clash + f" The built-in one is used."))
+            return
+        del self.components[component.slot][component.name]
+        self.disabled[key] = clash
+        for origin in (existing.origin, component.origin):
+            self.broken.append(BrokenPlugin(origin, clash))
+
+    def drop_plugin(self, origin: Origin) -> None:
+        """Remove every component and recipe folder that ``origin`` registered (it is broken)."""
+        for slot in self.components:
+            self.components[slot] = {n: c for n, c in self.components[slot].items() if c.origin != origin}
+        self.recipe_sources = [(path, o) for path, o in self.recipe_sources if o != origin]
+
+
+def _is_builtin(origin: Origin) -> bool:
+    return origin.distribution == "emcopilot"
 
 
 def _distribution_of(entry_point) -> tuple[str | None, str | None]:
@@ -175,6 +214,7 @@ class PluginHost:
         self.manager.add_hookspecs(hookspecs)
         self.origins: dict[str, Origin] = {}
         self.registry = Registry()
+        self.failed: set[Origin] = set()
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         for entry_point in sorted(entry_points(group=group), key=lambda ep: ep.name):
@@ -192,7 +232,10 @@ class PluginHost:
     def add(self, plugin: Any, origin: Origin) -> None:
         """Register one plugin object (a module or any object with hook implementations)."""
         if origin.plugin in self.origins:
-            raise PluginError(f"two plugins are named {origin.plugin!r}: {self.origins[origin.plugin]} and {origin}")
+            self.registry.broken.append(BrokenPlugin(origin, f"two plugins are named {origin.plugin!r}: "
+                                                             f"{self.origins[origin.plugin]} and {origin}; "
+                                                             f"this one is not loaded"))
+            return
         try:
             self.manager.register(plugin, name=origin.plugin)
         except pluggy.PluginValidationError as error:
@@ -208,19 +251,28 @@ class PluginHost:
             for slot, hook_name in SLOTS.items():
                 self._call(plugin, hook_name, origin, _make_register(self.registry, slot, origin))
             self._call(plugin, "register_recipes", origin, _make_register_recipes(self.registry, origin))
+        for origin in self.failed:  # half a plugin is worse than none: keep nothing it registered
+            self.registry.drop_plugin(origin)
         return self.registry
 
     def _check_pending(self) -> None:
-        try:
-            self.manager.check_pending()
-        except pluggy.PluginValidationError as error:
-            name = getattr(error, "plugin", None)
-            culprit = next((o for n, o in self.origins.items() if self.manager.get_plugin(n) is name), None)
-            known = ", ".join(list(SLOTS.values()) + ["register_recipes"])
-            message = str(error)
-            hint = did_you_mean(message.split("'")[1] if "'" in message else "", SLOTS.values())
-            raise PluginError(f"{culprit or 'a plugin'} implements an unknown hook: {message}.{hint} "
-                              f"Hooks are: {known}") from None
+        """A plugin that implements a hook no spec declares (a misspelt name) is unloaded and listed."""
+        known = ", ".join(list(SLOTS.values()) + ["register_recipes"])
+        for _ in range(len(self.origins) + 1):
+            try:
+                self.manager.check_pending()
+                return
+            except pluggy.PluginValidationError as error:
+                plugin = getattr(error, "plugin", None)
+                name = next((n for n in self.origins if self.manager.get_plugin(n) is plugin), None)
+                message = str(error)
+                hint = did_you_mean(message.split("'")[1] if "'" in message else "", SLOTS.values())
+                if name is None:  # pragma: no cover - pluggy names the plugin it refuses
+                    raise PluginError(f"a plugin implements an unknown hook: {message}.{hint}") from None
+                self.manager.unregister(name=name)
+                origin = self.origins.pop(name)
+                self.registry.broken.append(BrokenPlugin(origin, f"implements an unknown hook: {message}.{hint} "
+                                                                 f"Hooks are: {known}"))
 
     def _call(self, plugin: Any, hook_name: str, origin: Origin, register: Callable) -> None:
         caller = getattr(self.manager.hook, hook_name)
@@ -231,9 +283,11 @@ class PluginHost:
         try:
             for impl in impls:  # an implementation may take fewer arguments than the spec
                 impl.function(*[arguments[name] for name in impl.argnames])
-        except PluginError:
-            raise
+        except PluginError as error:  # a registration the host refuses: the whole plugin is disabled
+            self.failed.add(origin)
+            self.registry.broken.append(BrokenPlugin(origin, f"{hook_name}: {error}"))
         except Exception as error:
+            self.failed.add(origin)
             self.registry.broken.append(BrokenPlugin(origin, f"{hook_name} raised {type(error).__name__}: {error}"))
 
 

@@ -21,6 +21,7 @@ plugin's declared schema without importing the plugin's heavy code.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
@@ -31,7 +32,9 @@ import yaml
 
 from .errors import RecipeError, did_you_mean, PluginError
 from .params import Param, ParamsProblem, validate_params
-from .plugins import Registry, get_registry
+from .plugins import BrokenPlugin, Registry, get_registry
+
+log = logging.getLogger(__name__)
 
 MAX_RECIPE_BYTES = 256 * 1024
 MAX_EXPANDED_NODES = 20_000
@@ -218,19 +221,42 @@ def _iter_yaml(location: Any) -> Iterator[Any]:
 
 
 def recipe_index(registry: Registry | None = None) -> dict[str, RecipeSource]:
-    """Named recipes registered by plugins (``register_recipes``)."""
+    """Named recipes registered by plugins (``register_recipes``).
+
+    A shipped recipe that cannot be read, has no name, or takes a name already
+    shipped (a built-in keeps its name) is left out and its plugin is listed
+    among the broken plugins with the reason; every other recipe stays usable.
+    """
     registry = registry or get_registry()
     index: dict[str, RecipeSource] = {}
-    for location, origin in registry.recipe_sources:
-        for item in _iter_yaml(location):
+
+    def problem(origin, message: str) -> None:
+        entry = BrokenPlugin(origin, message)
+        if entry not in registry.broken:  # the index is built more than once per process
+            registry.broken.append(entry)
+            log.warning("%s: %s", origin, message)
+
+    builtin_first = sorted(registry.recipe_sources, key=lambda source: source[1].distribution != "emcopilot")
+    for location, origin in builtin_first:
+        try:
+            items = list(_iter_yaml(location))
+        except (OSError, RecipeError) as error:
+            problem(origin, f"its recipe folder {location} cannot be listed: {error}")
+            continue
+        for item in items:
             label = str(item)
-            doc = parse_yaml(_read_text(item, label), label)
-            name = doc.data.get("name")
-            if not isinstance(name, str) or not name:
-                raise RecipeError("a shipped recipe needs a 'name:'", file=label, line=1, key="name")
+            try:
+                doc = parse_yaml(_read_text(item, label), label)
+                name = doc.data.get("name")
+                if not isinstance(name, str) or not name:
+                    raise RecipeError("a shipped recipe needs a 'name:'", file=label, line=1, key="name")
+            except RecipeError as error:
+                problem(origin, f"recipe left out: {error}")
+                continue
             if name in index:
-                raise RecipeError(f"recipe {name!r} is shipped twice: by {index[name].origin} "
-                                  f"({index[name].label}) and by {origin}", file=label, key="name")
+                problem(origin, f"recipe {name!r} ({label}) left out: the name is shipped already by "
+                                f"{index[name].origin} ({index[name].label})")
+                continue
             index[name] = RecipeSource(name, str(doc.data.get("description", "")).strip(), item, label, str(origin))
     return index
 

@@ -39,21 +39,61 @@ def test_unknown_slot(fake_registry):
         fake_registry.get("segmentor", "net")
 
 
-def test_duplicate_name_names_both_origins():
+def test_a_name_two_plugins_register_is_disabled_and_both_are_listed():
+    class Other:
+        @hookimpl
+        def register_metrics(self, register):
+            register("other", lambda p, s: None)
+
+    registry = build_registry([("first", FakePlugin()), ("second", FakePlugin()), ("other", Other())])
     with pytest.raises(PluginError) as error:
-        build_registry([("first", FakePlugin()), ("second", FakePlugin())])
+        registry.get("metric", "count")
     message = str(error.value)
     assert "registered twice" in message and "'first'" in message and "'second'" in message
+    assert {b.origin.plugin for b in registry.broken} == {"first", "second"}
+    assert registry.get("metric", "other")  # everything else keeps working
 
 
-def test_misspelled_hook_is_an_error():
+def test_a_plugin_that_takes_a_built_in_name_is_listed_and_the_built_in_kept():
+    from emcopilot.plugins import Origin
+
+    class Impostor:
+        @hookimpl
+        def register_segmenters(self, register):
+            register("unet", lambda p, s: "impostor")
+
+    host = PluginHost()
+    host.load_entry_points()
+    host.add(Impostor(), Origin("impostor", "impostor", "acme-em", "1.0"))
+    registry = host.collect()
+    assert registry.get("segmenter", "unet").origin.distribution == "emcopilot"
+    [broken] = registry.broken
+    assert broken.origin.plugin == "impostor" and "built-in one is used" in broken.error
+
+
+def test_two_entry_points_of_one_name_load_the_first_and_list_the_second():
+    registry = build_registry([("same", FakePlugin()), ("same", FakePlugin())])
+    assert registry.get("metric", "count")
+    assert "two plugins are named 'same'" in registry.broken[0].error
+
+
+def test_misspelled_hook_disables_that_plugin_only():
     class Misspelled:
         @hookimpl
         def register_segmentors(self, register):  # typo
             pass
 
-    with pytest.raises(PluginError, match="unknown hook.*register_segmentors.*Did you mean 'register_segmenters'"):
-        build_registry([("typo", Misspelled())])
+        @hookimpl
+        def register_metrics(self, register):
+            register("typo-metric", lambda p, s: None)
+
+    registry = build_registry([("typo", Misspelled()), ("fake", FakePlugin())])
+    assert registry.get("metric", "count")
+    [broken] = registry.broken
+    assert broken.origin.plugin == "typo"
+    assert "unknown hook" in broken.error and "Did you mean 'register_segmenters'" in broken.error
+    with pytest.raises(PluginError, match="typo-metric"):
+        registry.get("metric", "typo-metric")
 
 
 def test_hook_with_unknown_argument_is_rejected_and_others_still_load():
@@ -140,14 +180,19 @@ def test_factory_failure_names_plugin_and_slot():
     lambda register: register("x", "not callable"),
     lambda register: register("x", lambda p, s: None, params={"a": 3}),
 ])
-def test_bad_registration_calls_are_errors(bad):
+def test_a_bad_registration_disables_the_whole_plugin_and_nothing_else(bad):
     class Bad:
         @hookimpl
         def register_metrics(self, register):
+            register("fine-before", lambda p, s: None)
             bad(register)
 
-    with pytest.raises(PluginError):
-        build_registry([("bad", Bad())])
+    registry = build_registry([("bad", Bad()), ("fake", FakePlugin())])
+    assert registry.get("metric", "count")
+    [broken] = registry.broken
+    assert broken.origin.plugin == "bad" and "register_metrics" in broken.error
+    with pytest.raises(PluginError, match="plugin 'bad'.*is broken"):
+        registry.get("metric", "fine-before")  # half a plugin is not kept
 
 
 def test_builtins_register_through_entry_points():
@@ -156,3 +201,33 @@ def test_builtins_register_through_entry_points():
     origins = {component.origin.distribution for component in registry.all()}
     assert origins == {"emcopilot"}
     assert any(origin.plugin == "builtin_recipes" for _, origin in registry.recipe_sources)
+
+
+def test_a_malformed_shipped_recipe_is_left_out_and_every_other_recipe_works(tmp_path):
+    from emcopilot.recipe import load_recipe, recipe_index
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "broken.yaml").write_text("name: broken\nsample: [unclosed\n")
+    (folder / "nameless.yaml").write_text("description: no name\n")
+    (folder / "taken.yaml").write_text("name: nanoparticles-haadf\n")
+    (folder / "fine.yaml").write_text("name: lab-fine\nbase: nanoparticles-haadf\n")
+
+    class Ships:
+        @hookimpl
+        def register_recipes(self, register):
+            register(folder)
+
+    host = PluginHost()
+    host.load_entry_points()
+    from emcopilot.plugins import Origin
+    host.add(Ships(), Origin("ships", "ships", "acme-recipes", "1.0"))
+    registry = host.collect()
+    index = recipe_index(registry)
+    assert "nanoparticles-haadf" in index and index["nanoparticles-haadf"].origin.startswith("plugin 'builtin")
+    assert "lab-fine" in index and "broken" not in index
+    errors = " | ".join(b.error for b in registry.broken if b.origin.plugin == "ships")
+    assert "broken.yaml" in errors and "needs a 'name:'" in errors and "shipped already" in errors
+    recipe_index(registry)
+    assert len([b for b in registry.broken if b.origin.plugin == "ships"]) == 3  # listed once
+    assert load_recipe("nanoparticles-haadf", registry=registry).name == "nanoparticles-haadf"
