@@ -284,6 +284,8 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
         micrographs = _read_rsciio(path, label)
     else:
         micrographs = _read_plain(path, label)
+    if not micrographs:  # e.g. a stack of zero frames: say so instead of measuring nothing in silence
+        raise ReadError(f"{label}: holds no image frames")
     if name is not None and name != path.name:
         for micrograph in micrographs:
             micrograph.name = name + micrograph.name[len(path.name):]
