@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 
-def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: int) -> list[str]:
+#: names a file system allows and a measurement tool must survive (spreadsheet formulas, mathtext,
+#: spaces and quotes, bytes that are not UTF-8)
+HOSTILE_NAMES = [b"=HYPERLINK(x) %d.tif", b"a$\\frac$ %d.tif", b"caf\xe9 %d.tif", b"+cmd %d.tif",
+                 b"'quote\" %d.tif", b"@at %d.tif", b"  lead %d.tif", b"new\nline %d.tif"]
+
+
+def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: int,
+                duplicates: float = 0.0, hostile: float = 0.0) -> tuple[list[str], int]:
     from emcopilot.demo import write_calibrated_tiff
     from emcopilot.layout import LayoutSpec, sample_layout
     from emcopilot.plugins import get_registry
@@ -43,11 +51,20 @@ def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: in
     for _ in range(8):  # render a few scenes, reuse them with noise (rendering is not what is measured)
         layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)
         templates.append(adapter.apply(generator.generate([layout], rng)[0], pixel_size_nm, rng, layout=layout))
-    bad = set(rng.choice(count, int(round(count * corrupt)), replace=False).tolist())
+    order = rng.permutation(count)
+    n_bad, n_dup, n_hostile = (int(round(count * share)) for share in (corrupt, duplicates, hostile))
+    bad = set(order[:n_bad].tolist())
+    dup = set(order[n_bad:n_bad + n_dup].tolist())
+    odd = set(order[n_bad + n_dup:n_bad + n_dup + n_hostile].tolist())
     kinds = ["zero-bytes", "truncated", "random-bytes", "nan-pixels"]
     corrupted = []
     for index in range(count):
         path = folder / f"img{index:05d}.tif"
+        if index in dup:  # the base name of another input, in another folder
+            (folder / "other").mkdir(exist_ok=True)
+            path = folder / "other" / f"img{(index + 1) % count:05d}.tif"
+        elif index in odd:
+            path = Path(os.fsdecode(os.fsencode(folder) + b"/" + HOSTILE_NAMES[index % len(HOSTILE_NAMES)] % index))
         image = templates[index % len(templates)] * rng.uniform(0.9, 1.1)
         write_calibrated_tiff(path, image, pixel_size_nm)
         if index in bad:
@@ -63,7 +80,7 @@ def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: in
                 image[5, 5] = np.nan
                 write_calibrated_tiff(path, image, pixel_size_nm)
             corrupted.append(path.name)
-    return corrupted
+    return corrupted, count - len(corrupted)
 
 
 def classical_model(folder: Path) -> Path:
@@ -85,16 +102,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("benchmarks/results/batch_robustness"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_robustness.json"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duplicates", type=float, default=0.0,
+                        help="share of inputs named like another one, in a sub-folder (read with --recursive)")
+    parser.add_argument("--hostile", type=float, default=0.0,
+                        help="share of inputs with names that break naive tools (formulas, $..$, non-UTF-8)")
     parser.add_argument("--scheduler", help="'local' (start a LocalCluster) or the address of a running one")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="passed on to `emcopilot segment --param` (e.g. test_time_flips=1)")
     args = parser.parse_args()
     inputs = args.work / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    corrupted = make_inputs(inputs, args.images, args.corrupt, args.side_px, args.seed)
+    corrupted, good = make_inputs(inputs, args.images, args.corrupt, args.side_px, args.seed,
+                                  args.duplicates, args.hostile)
     model = args.model or classical_model(args.work)
     command = [sys.executable, "-m", "emcopilot", "segment", "--model", str(model), "--input", str(inputs),
-               "--out", str(args.work / "run"), "--no-progress"]
+               "--out", str(args.work / "run"), "--no-progress", "--recursive"]
     for item in args.param:
         command += ["--param", item]
     cluster = None
@@ -117,7 +139,14 @@ def main() -> None:
     with open(args.work / "run" / "errors.csv") as handle:
         failed = sorted(Path(row["path"].split(" (")[0]).name for row in csv.DictReader(handle))
     run = json.loads((args.work / "run" / "run.json").read_text())
-    report = {"images": args.images, "corrupted": len(corrupted), "measured": len(run["images"]),
+    import pandas as pd
+    table = pd.read_parquet(args.work / "run" / "particles.parquet")
+    per_image = table.groupby("image").size() if len(table) else pd.Series(dtype=int)
+    masks = len(list((args.work / "run" / "masks").iterdir()))
+    report = {"images": args.images, "corrupted": len(corrupted), "good": good, "measured": len(run["images"]),
+              "measured_exactly_once": len(run["images"]) == good == masks and len(set(run["images"])) == good,
+              "masks": masks, "images_with_rows": int(len(per_image)),
+              "duplicates": args.duplicates, "hostile": args.hostile,
               "failures_listed": len(failed), "all_corrupt_listed": sorted(corrupted) == failed,
               "exit_status": result.returncode, "wall_s": round(wall, 1),
               "images_per_s": round(len(run["images"]) / wall, 2), "workers": args.workers,

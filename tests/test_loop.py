@@ -178,6 +178,31 @@ def test_kill_during_training_then_resume_gives_identical_results(experiment, sl
     assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
 
 
+def test_kill_during_a_forced_retraining_then_resume_pairs_the_table_with_the_model(slow_reference, experiment,
+                                                                                    tmp_path):
+    import shutil
+
+    _, inputs = experiment
+    slow, reference = slow_reference
+    out = tmp_path / "forced"
+    shutil.copytree(reference, out)
+    command = [sys.executable, "-m", "emcopilot", "run", str(slow), "--input", str(inputs), "--out", str(out),
+               "--no-progress", "--force", "segmenter"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while (out / "stages" / "segmenter@1" / "key.json").exists():  # the forced stage has started over
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)  # well into training
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert run(slow, inputs, out) == 0  # a plain re-run, as a user would type it
+    assert set(run_info(out)["stages_reused"]) == {"extract@1", "prior@1", "adapter@1", "generator@1",
+                                                  "synthesize@1"}  # segment@1 is not the old model's
+    assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
+    assert (out / "model" / "model.safetensors").read_bytes() == (reference / "model" / "model.safetensors").read_bytes()
+
+
 def test_a_failing_plugin_names_stage_and_plugin_and_keeps_finished_stages(experiment, tmp_path, capsys):
     recipe, inputs = experiment
     failing = tmp_path / "failing.yaml"
