@@ -95,3 +95,18 @@ def test_errors_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
     with open(tmp_path / "errors.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows == [["path", "error"], ["'=cmd|'/c calc'!A1.png", "unreadable"], ["plain.png", "'-1 pixels"]]
+
+
+def test_a_failed_stage_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    from emcopilot.interfaces import Instances
+    from emcopilot.stages import _save_instances
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _save_instances(tmp_path / "00000.npz", Instances(labels=np.ones((4, 4), np.int32)))
+    assert list(tmp_path.iterdir()) == []
