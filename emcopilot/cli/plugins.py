@@ -15,7 +15,10 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from ..recipe import recipe_index
+
     registry = get_registry()
+    recipe_index(registry)  # a shipped recipe that cannot be read is listed under its plugin too
     rows = [component.as_dict() for component in registry.all(args.slot)]
     broken = [plugin.as_dict() for plugin in registry.broken]
     if args.json:
