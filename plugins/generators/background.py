@@ -87,6 +87,36 @@ def dark_level(data: np.ndarray) -> float:
     return low
 
 
+#: Gaussians at least this wide (px) are computed on a block-averaged grid (see :func:`wide_gaussian`).
+WIDE_SIGMA_PX = 8.0
+
+
+def wide_gaussian(data: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(data, sigma)``, for wide kernels on a coarser grid.
+
+    A Gaussian of ``sigma`` px removes everything finer than a few sigma, so it can
+    be computed on ``f x f`` block means (``f = sigma // 4``, i.e. still 4 coarse
+    pixels per sigma) with the width reduced by the blocks' own spread, and
+    interpolated back bilinearly: the same smooth field to a fraction of a per cent
+    of its range, at ``1/f^2`` of the cost (the support fits filter 2048² frames
+    at sigma 20-80 px). Narrower kernels go to scipy unchanged.
+    """
+    from scipy import ndimage
+
+    factor = int(sigma // 4)
+    if sigma < WIDE_SIGMA_PX or factor < 2 or min(data.shape) < 4 * factor:
+        return ndimage.gaussian_filter(data, sigma)
+    rows, cols = data.shape
+    # the frame's edges mirrored explicitly, as scipy's default 'reflect' does, over the kernel's reach
+    margin = math.ceil(4 * sigma / factor) * factor
+    padded = np.pad(data, ((margin, margin + -rows % factor), (margin, margin + -cols % factor)), mode="symmetric")
+    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean((1, 3))
+    coarse_sigma = math.sqrt(max(sigma ** 2 - (factor ** 2 - 1) / 12, 1.0)) / factor  # a block mean's own spread
+    smooth = ndimage.gaussian_filter(blocks, coarse_sigma)
+    full = ndimage.zoom(smooth, factor, order=1, mode="nearest", grid_mode=True)
+    return full[margin:margin + rows, margin:margin + cols]
+
+
 def support_under(data: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
     """The smooth level of ``data`` from the ``known`` pixels only, everywhere: normalised Gaussian
     convolution of width ``sigma``, widened (x2 per step) where too few known pixels are near."""
@@ -97,8 +127,8 @@ def support_under(data: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarr
     out = np.full(data.shape, np.nan)
     sigma = max(1.0, float(sigma))
     while np.isnan(out).any() and sigma < 4 * max(data.shape):
-        weight = ndimage.gaussian_filter(known.astype(np.float64), sigma)
-        smooth = ndimage.gaussian_filter(values, sigma) / np.maximum(weight, 1e-12)
+        weight = wide_gaussian(known.astype(np.float64), sigma)
+        smooth = wide_gaussian(values, sigma) / np.maximum(weight, 1e-12)
         take = np.isnan(out) & (weight > 0.2)
         out[take] = smooth[take]
         sigma *= 2

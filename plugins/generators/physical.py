@@ -84,6 +84,7 @@ from .background import (
     robust_variance,
     save_bank,
     white_noise_variance,
+    wide_gaussian,
 )
 
 log = logging.getLogger("emcopilot.generators.physical")
@@ -432,8 +433,8 @@ class PhysicalGenerator:
             areas = np.asarray(ndimage.sum(np.ones_like(data), labels, ids))
             sigma = max(2.0, 2.0 * float(np.median(2 * np.sqrt(areas / np.pi))))
             outside = ~ndimage.binary_dilation(labels > 0, iterations=1)
-            weight = ndimage.gaussian_filter(outside.astype(np.float64), sigma)
-            background = ndimage.gaussian_filter(np.where(outside, data, 0.0), sigma) / np.maximum(weight, 1e-3)
+            weight = wide_gaussian(outside.astype(np.float64), sigma)
+            background = wide_gaussian(np.where(outside, data, 0.0), sigma) / np.maximum(weight, 1e-3)
             level = np.abs(np.asarray(ndimage.mean(background, labels, ids)))
             inside = np.asarray(ndimage.mean(data, labels, ids)) - np.asarray(ndimage.mean(background, labels, ids))
             good = level > 0
