@@ -161,14 +161,19 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
     A text cell that begins with ``= + - @``, a tab or a carriage return (an
     image named ``=HYPERLINK(...).png``) gets a leading apostrophe, which
     spreadsheets show as text; numbers are left alone. Only the CSV is
-    treated so: the Parquet table keeps the names exactly.
+    treated so: the Parquet table keeps the names exactly. The project's own
+    fixed words (the calibration sources, ``--pixel-size-nm`` among them) are
+    kept as they are: they come from no file.
     """
+    from .calibration import SOURCES
     from .rundir import formula_safe
 
+    own_words = set(SOURCES)
     out = table.copy()
     for column in out.columns:
         if out[column].dtype == object or pd.api.types.is_string_dtype(out[column].dtype):
-            out[column] = [formula_safe(value) if isinstance(value, str) else value for value in out[column]]
+            out[column] = [formula_safe(value) if isinstance(value, str) and value not in own_words else value
+                           for value in out[column]]
     return out
 
 
