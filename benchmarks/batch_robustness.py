@@ -46,7 +46,7 @@ def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: in
     adapter = registry.get("physics_adapter", "haadf-stem").create({}, recipe.sample)
     spec = LayoutSpec.from_sample(recipe.sample)
     rng = np.random.default_rng(seed)
-    pixel_size_nm = recipe.sample.pixel_size_nm
+    pixel_size_nm = recipe.sample.working_pixel_size_nm
     templates = []
     for _ in range(8):  # render a few scenes, reuse them with noise (rendering is not what is measured)
         layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)

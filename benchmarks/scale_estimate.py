@@ -88,7 +88,7 @@ def synthetic(side_px: int = 512, seed: int = 7):
         adapter = registry.get("physics_adapter", recipe.physics_adapter.plugin).create({}, recipe.sample)
         spec = LayoutSpec.from_sample(recipe.sample)
         for factor in SYNTHETIC_FACTORS:
-            pixel_size_nm = float(recipe.sample.pixel_size_nm * factor)
+            pixel_size_nm = float(recipe.sample.working_pixel_size_nm * factor)
             layout = sample_layout(spec, (side_px, side_px), pixel_size_nm, rng)
             [clean] = generator.generate([layout], rng)
             image = adapter.apply(clean, pixel_size_nm, rng, layout=layout)

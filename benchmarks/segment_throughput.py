@@ -33,10 +33,10 @@ def synthetic_frame(sample, size: int, seed: int) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     block = min(size, 1024)
-    layout = sample_layout(LayoutSpec.from_sample(sample), (block, block), sample.pixel_size_nm, rng)
+    layout = sample_layout(LayoutSpec.from_sample(sample), (block, block), sample.working_pixel_size_nm, rng)
     clean = get_registry().get("generator", "physical").create({}, sample).generate([layout], rng)[0]
     image = get_registry().get("physics_adapter", "haadf-stem").create({}, sample).apply(
-        clean, sample.pixel_size_nm, rng, layout=layout)
+        clean, sample.working_pixel_size_nm, rng, layout=layout)
     reps = -(-size // block)
     return np.tile(np.asarray(image, np.float32), (reps, reps))[:size, :size], layout
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch_threads": torch.get_num_threads(), "environment": environment(), "runs": []}
     for size in args.sizes:
         image, _ = synthetic_frame(sample, size, args.seed + 100)
-        micrograph = Micrograph(image, pixel_size_nm=sample.pixel_size_nm, name=f"synthetic_{size}.tif")
+        micrograph = Micrograph(image, pixel_size_nm=sample.working_pixel_size_nm, name=f"synthetic_{size}.tif")
         for name, segmenter in segmenters.items():
             if isinstance(segmenter, str):
                 results["runs"].append({"segmenter": name, "size_px": size, "error": segmenter})

@@ -101,9 +101,9 @@ def sample_for(set_name: str, pixel_size_nm: float):
 
     if set_name == "acstem":
         return Sample.from_dict({"kind": "atoms", "material": "Pt", "support": "N-doped carbon",
-                                 "modality": "haadf-stem", "diameter_nm": [0.08, 0.2], "pixel_size_nm": 0.03})
+                                 "modality": "haadf-stem", "diameter_nm": [0.08, 0.2], "working_pixel_size_nm": 0.03})
     return Sample.from_dict({"kind": "particles", "modality": "bf-stem" if set_name == "ardagen-bf" else "haadf-stem",
-                             "diameter_nm": [1.6, 9.7], "pixel_size_nm": pixel_size_nm})
+                             "diameter_nm": [1.6, 9.7], "working_pixel_size_nm": pixel_size_nm})
 
 
 # --------------------------------------------------------------------------- training pairs
@@ -116,7 +116,7 @@ def human_pairs(items: list[dict], sample) -> tuple[list[np.ndarray], list]:
     images, labels = [], []
     for item in items:
         if "points" in item:
-            scaling = plan_scaling(item["image"].shape, item["pixel_size_nm"], sample.pixel_size_nm)
+            scaling = plan_scaling(item["image"].shape, item["pixel_size_nm"], sample.working_pixel_size_nm)
             images.append(to_working(item["image"], scaling))
             labels.append(Instances(points=points_to_working(item["points"], scaling)))
         else:
@@ -133,11 +133,11 @@ def synthetic_pairs(sample, count: int, size_px: int, seed: int) -> tuple[list[n
     registry = get_registry()
     rng = np.random.default_rng(seed)
     spec = LayoutSpec.from_sample(sample)
-    layouts = [sample_layout(spec, (size_px, size_px), sample.pixel_size_nm, rng) for _ in range(count)]
+    layouts = [sample_layout(spec, (size_px, size_px), sample.working_pixel_size_nm, rng) for _ in range(count)]
     generator = registry.get("generator", "physical").create({}, sample)
     adapter = registry.get("physics_adapter", sample.modality).create({}, sample)
     clean = generator.generate(layouts, rng)
-    images = [adapter.apply(image, sample.pixel_size_nm, rng, layout=layout) for image, layout in zip(clean, layouts)]
+    images = [adapter.apply(image, sample.working_pixel_size_nm, rng, layout=layout) for image, layout in zip(clean, layouts)]
     return [np.asarray(image, np.float32) for image in images], [layout.instances() for layout in layouts]
 
 
@@ -152,7 +152,7 @@ def score_item(segmenter, item: dict, sample, radius_nm: float, peak_thresholds:
     from emcopilot import Micrograph
     from emcopilot.evaluate import Objects, label_geometry, match, size_distribution
 
-    pixel_size_nm = item.get("pixel_size_nm", sample.pixel_size_nm)
+    pixel_size_nm = item.get("pixel_size_nm", sample.working_pixel_size_nm)
     micrograph = Micrograph(item["image"], pixel_size_nm=pixel_size_nm, name=item["name"])
     if "points" in item:
         truth = Objects("points", points=item["points"], pixel_size_nm=pixel_size_nm)

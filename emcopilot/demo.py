@@ -45,7 +45,7 @@ def make_experiment(recipe: Recipe, directory: Path, *, count: int = DEMO_IMAGES
                     seed: int = 2024) -> list[tuple[Path, Instances]]:
     """Render ``count`` micrographs at a magnification a little off the recipe's working scale."""
     rng = np.random.default_rng(seed)
-    pixel_size_nm = recipe.sample.pixel_size_nm * 1.25  # the loop must resample
+    pixel_size_nm = recipe.sample.working_pixel_size_nm * 1.25  # the loop must resample
     spec = LayoutSpec.from_sample(recipe.sample)
     registry = get_registry()
     generator = registry.get("generator", "physical").create({}, recipe.sample)

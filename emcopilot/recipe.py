@@ -5,7 +5,7 @@ A recipe describes a material system and names the plugin in each slot::
     name: nanoparticles-haadf
     description: Supported metal nanoparticles, HAADF-STEM
     base: common-haadf            # optional: a recipe name or a relative path
-    sample: {material: Pt, modality: haadf-stem, pixel_size_nm: 0.1, ...}
+    sample: {material: Pt, modality: haadf-stem, working_pixel_size_nm: 0.1, ...}
     prior_extractor: {plugin: classical, params: {...}}
     generator: {plugin: pix2pix, params: {...}}
     physics_adapter: {plugin: haadf-stem, params: {...}}
@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -54,8 +55,9 @@ SAMPLE_SCHEMA: dict[str, Param] = {
     "support_z": Param(6, int, min=1, max=103, help="(mean) atomic number of the support"),
     "diameter_nm": Param([1.0, 10.0], list, items=float, unit="nm",
                          help="expected range of object diameters [min, max]"),
-    "pixel_size_nm": Param(0.1, float, min=0.001, max=5.0, unit="nm/px",
-                           help="working pixel size: models run at this scale"),
+    "working_pixel_size_nm": Param(0.1, float, min=0.001, max=5.0, unit="nm/px",
+                                   help="working pixel size: every micrograph is resampled to it and the models "
+                                        "run at this scale (not the pixel size of your images)"),
     "magnification": Param(None, float, min=1e3, max=1e8, help="nominal magnification (informative)"),
     "dose_e_per_A2": Param([1e3, 1e5], list, items=float, unit="e/Å²",
                            help="range of electron doses per frame [min, max]"),
@@ -274,15 +276,17 @@ class Sample:
     material_z: int
     support_z: int
     diameter_nm: tuple[float, float]
-    pixel_size_nm: float
+    working_pixel_size_nm: float
     magnification: float | None
     dose_e_per_A2: tuple[float, float]
     accelerating_voltage_kV: float
     particle_contrast: str
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Sample":
-        resolved = validate_params(SAMPLE_SCHEMA, values, owner="sample")
+    def from_dict(cls, values: Mapping[str, Any], where: str = "sample") -> "Sample":
+        """The validated sample; the old key ``pixel_size_nm`` is read as ``working_pixel_size_nm``
+        with a deprecation warning that names ``where``."""
+        resolved = validate_params(SAMPLE_SCHEMA, upgrade_sample_keys(values, where), owner="sample")
         resolved = dict(resolved, diameter_nm=tuple(resolved["diameter_nm"]),
                         dose_e_per_A2=tuple(resolved["dose_e_per_A2"]))
         if resolved["particle_contrast"] is None:
@@ -292,6 +296,36 @@ class Sample:
     def as_dict(self) -> dict[str, Any]:
         return {name: (list(value) if isinstance(value, tuple) else value)
                 for name, value in self.__dict__.items()}
+
+    @property
+    def pixel_size_nm(self) -> float:
+        """Deprecated name of :attr:`working_pixel_size_nm`."""
+        warnings.warn("Sample.pixel_size_nm is deprecated: use Sample.working_pixel_size_nm (the scale the "
+                      "models run at, not the pixel size of the images)", DeprecationWarning, stacklevel=2)
+        return self.working_pixel_size_nm
+
+
+#: sample keys of earlier versions -> their names now
+LEGACY_SAMPLE_KEYS = {"pixel_size_nm": "working_pixel_size_nm"}
+
+
+def upgrade_sample_keys(values: Mapping[str, Any], where: str = "sample") -> Mapping[str, Any]:
+    """``values`` with old sample keys renamed (a :class:`DeprecationWarning` and a log warning name
+    ``where``, e.g. ``recipe.yaml:11``); both names at once is a :class:`ParamsProblem`."""
+    if not isinstance(values, Mapping) or not any(old in values for old in LEGACY_SAMPLE_KEYS):
+        return values
+    upgraded = dict(values)
+    for old, new in LEGACY_SAMPLE_KEYS.items():
+        if old not in upgraded:
+            continue
+        if new in upgraded:
+            raise ParamsProblem(old, f"give '{new}' only: '{old}' is its old name")
+        message = (f"{where}: 'sample.{old}' is deprecated, write 'sample.{new}' (the scale the models run at; "
+                   f"the pixel size of your images comes from their files, --pixel-size-nm or --calibration)")
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        log.warning("%s", message)
+        upgraded[new] = upgraded.pop(old)
+    return upgraded
 
 
 @dataclass(frozen=True)
@@ -472,9 +506,10 @@ def _validate(layered: _Layered, registry: Registry) -> Recipe:
         raise layered.error("must be a string", "description")
     sample_block = data.get("sample")
     if not isinstance(sample_block, dict):
-        raise layered.error("a 'sample:' mapping is required (material, modality, pixel_size_nm, ...)", "sample")
+        raise layered.error("a 'sample:' mapping is required (material, modality, working_pixel_size_nm, ...)", "sample")
     try:
-        sample = Sample.from_dict(sample_block)
+        file, line = layered.locate("sample", "pixel_size_nm")
+        sample = Sample.from_dict(sample_block, where=f"{file}:{line}" if line else file)
     except ParamsProblem as problem:
         raise layered.error(problem.reason, "sample", problem.key) from None
     for key in ("diameter_nm", "dose_e_per_A2"):

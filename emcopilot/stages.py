@@ -74,7 +74,7 @@ class LoopState:
     def __init__(self, loop, run: RunDirectory, micrographs: list[Micrograph]):
         self.loop, self.run, self.micrographs = loop, run, micrographs
         self.sample = loop.recipe.sample
-        self.working_px = float(self.sample.pixel_size_nm)
+        self.working_px = float(self.sample.working_pixel_size_nm)
         self.priors: list[Instances] = []
         self._working: list[Micrograph] | None = None  # resampled real images, per calibration
         self.predictions: list[Instances] = []

@@ -81,7 +81,7 @@ sample:
   material: Pt
   modality: haadf-stem
   diameter_nm: [1.0, 5.0]
-  pixel_size_nm: 0.2
+  working_pixel_size_nm: 0.2
 prior_extractor:
   plugin: blobs
   params: {threshold: 0.3}

@@ -27,7 +27,7 @@ from tests.test_recipe import MALFORMED  # noqa: E402
 
 EXTRACT_RECIPE = """\
 name: bad-inputs
-sample: {kind: particles, modality: haadf-stem, diameter_nm: [1.5, 6.0], pixel_size_nm: 0.2}
+sample: {kind: particles, modality: haadf-stem, diameter_nm: [1.5, 6.0], working_pixel_size_nm: 0.2}
 prior_extractor: {plugin: classical}
 generator: {plugin: physical}
 physics_adapter: {plugin: haadf-stem}
@@ -101,7 +101,7 @@ IMAGE_CASES = {
 def tiny_model(tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("model")
-    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.2, "diameter_nm": [1.5, 6.0]})
+    sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.2, "diameter_nm": [1.5, 6.0]})
     segmenter = get_registry().get("segmenter", "unet").create({"depth": 2, "width": 4}, sample)
     image = _disks().astype(np.float32)
     segmenter.fit([image], [Instances(labels=(image > 100).astype(np.int32))], None,

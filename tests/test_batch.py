@@ -19,7 +19,7 @@ def batch(tmp_path_factory):
     import imageio.v3 as iio
     root = tmp_path_factory.mktemp("batch")
     torch.set_num_threads(1)
-    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     segmenter = get_registry().get("segmenter", "classical").create({}, sample)
     segmenter.save(root / "model")
     rng = np.random.default_rng(0)

@@ -56,10 +56,10 @@ def test_builtin_recipes_validate(name, capsys):
 
 def test_validate_error_exits_nonzero_with_location(tmp_path, capsys, fake_registry):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\nsample: {pixel_size_nm: fast}\n")
+    path.write_text("name: x\nsample: {working_pixel_size_nm: fast}\n")
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
-    assert f"{path}:2: sample.pixel_size_nm:" in err and "must be a number" in err
+    assert f"{path}:2: sample.working_pixel_size_nm:" in err and "must be a number" in err
 
 
 def test_listing_and_validating_do_not_import_torch():

@@ -16,7 +16,7 @@ values = st.recursive(scalars, lambda children: st.one_of(st.lists(children, max
                                                           st.dictionaries(st.text(max_size=10), children, max_size=4)),
                       max_leaves=12)
 KEYS = ["name", "description", "base", "sample", "prior_extractor", "generator", "physics_adapter",
-        "segmenter", "metrics", "train", "plugin", "params", "pixel_size_nm", "diameter_nm", "kind"]
+        "segmenter", "metrics", "train", "plugin", "params", "working_pixel_size_nm", "diameter_nm", "kind"]
 
 
 def load_text(tmp_path, text: str | bytes) -> None:

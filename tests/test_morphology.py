@@ -11,7 +11,7 @@ from emcopilot.errors import InputError
 from emcopilot.morphology import MorphologyPrior, normalised_outline
 from emcopilot.recipe import Sample
 
-SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 8.0], "pixel_size_nm": 0.2,
+SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 8.0], "working_pixel_size_nm": 0.2,
                            "material_z": 46, "support_z": 14})
 
 
@@ -100,7 +100,7 @@ def test_nothing_found_falls_back_to_the_sample_or_fails():
 
 def test_points_count_towards_density_and_separation():
     points = np.array([[10.0, 10.0], [10.0, 20.0], [40.0, 40.0]])
-    atoms = Sample.from_dict({"kind": "atoms", "diameter_nm": [0.08, 0.2], "pixel_size_nm": 0.03})
+    atoms = Sample.from_dict({"kind": "atoms", "diameter_nm": [0.08, 0.2], "working_pixel_size_nm": 0.03})
     prior = MorphologyPrior.fit([Instances(points=points)], [Micrograph(np.ones((50, 50)), pixel_size_nm=0.03)],
                                 sample=atoms)
     assert prior.kind == "atoms" and prior.count == 3

@@ -12,8 +12,8 @@ from emcopilot.morphology import dominant_diameter_px, estimate_pixel_size_nm
 from emcopilot.plugins import get_registry
 from emcopilot.recipe import Sample
 
-PARTICLES = Sample.from_dict({"kind": "particles", "diameter_nm": [1.5, 6.0], "pixel_size_nm": 0.2})
-ATOMS = Sample.from_dict({"kind": "atoms", "diameter_nm": [0.08, 0.2], "pixel_size_nm": 0.03})
+PARTICLES = Sample.from_dict({"kind": "particles", "diameter_nm": [1.5, 6.0], "working_pixel_size_nm": 0.2})
+ATOMS = Sample.from_dict({"kind": "atoms", "diameter_nm": [0.08, 0.2], "working_pixel_size_nm": 0.03})
 
 
 def disks_image(shape=(256, 256), radius_px=6.0, count=12, contrast=1.0, noise=0.08, seed=0,
@@ -188,7 +188,7 @@ def test_atoms_grouped_into_clusters():
     single = [(100, 100)]
     for row, col in cluster + single:
         image += np.exp(-((rows - row) ** 2 + (cols - col) ** 2) / (2 * 1.7 ** 2)).astype(np.float32)
-    clusters = Sample.from_dict({"kind": "clusters", "diameter_nm": [0.08, 0.2], "pixel_size_nm": 0.03})
+    clusters = Sample.from_dict({"kind": "clusters", "diameter_nm": [0.08, 0.2], "working_pixel_size_nm": 0.03})
     instances = extractor("atoms", sample=clusters).extract(Micrograph(image, pixel_size_nm=0.03))
     assert instances.points is None and instances.labels.max() == 2
     assert sorted(instances.metadata["atoms_per_cluster"]) == [1, 3]

@@ -11,7 +11,7 @@ from emcopilot.cli import main
 
 RECIPE = """\
 name: extract-test
-sample: {kind: particles, modality: haadf-stem, diameter_nm: [1.5, 6.0], pixel_size_nm: 0.2}
+sample: {kind: particles, modality: haadf-stem, diameter_nm: [1.5, 6.0], working_pixel_size_nm: 0.2}
 prior_extractor: {plugin: classical}
 generator: {plugin: physical}
 physics_adapter: {plugin: haadf-stem}

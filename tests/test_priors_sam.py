@@ -14,7 +14,7 @@ from emcopilot.recipe import Sample  # noqa: E402
 from emcopilot_plugins.priors.filtering import masks_to_labels  # noqa: E402
 from emcopilot_plugins.priors.sam import architecture, build_sam, tile_starts  # noqa: E402
 
-SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 3.0], "pixel_size_nm": 0.2})
+SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 3.0], "working_pixel_size_nm": 0.2})
 TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=16, img_size=64, window_size=2,
             global_attn_indexes=[1], mlp_ratio=2.0, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
             decoder_heads=2, iou_hidden_dim=32, mask_in_chans=16)

@@ -19,7 +19,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
 def test_good_recipe_resolves_defaults(fake_registry, good_recipe):
     recipe = load_recipe(good_recipe)
     assert recipe.name == "test-recipe"
-    assert recipe.sample.pixel_size_nm == 0.2
+    assert recipe.sample.working_pixel_size_nm == 0.2
     assert recipe.sample.particle_contrast == "bright"
     assert recipe.prior_extractor.params == {"threshold": 0.3, "radius_nm": 1.0}
     assert recipe.physics_adapter.params == {"dose_e_per_A2": 1000.0, "mode": "poisson"}
@@ -77,7 +77,7 @@ MALFORMED = {
     "nan-param": (GOOD_RECIPE.replace("{threshold: 0.3}", "{threshold: .nan}"), 10, "prior_extractor.params.threshold", "finite"),
     "bad-choice": (GOOD_RECIPE.replace("plugin: noisy", "plugin: noisy\n  params: {mode: gaus}"), 15, "physics_adapter.params.mode", "Did you mean 'gauss'"),
     "wrong-list-item": (GOOD_RECIPE.replace("plugin: net", "plugin: net\n  params: {channels: [16, x]}"), 17, "segmenter.params.channels", "item 1"),
-    "sample-out-of-range": (GOOD_RECIPE.replace("pixel_size_nm: 0.2", "pixel_size_nm: -1"), 7, "sample.pixel_size_nm", ">= 0.001"),
+    "sample-out-of-range": (GOOD_RECIPE.replace("pixel_size_nm: 0.2", "pixel_size_nm: -1"), 7, "sample.working_pixel_size_nm", ">= 0.001"),
     "sample-unknown-key": (GOOD_RECIPE.replace("material: Pt", "metal: Pt"), 4, "sample.metal", "Did you mean 'material'"),
     "sample-bad-range": (GOOD_RECIPE.replace("[1.0, 5.0]", "[5.0, 1.0]"), 6, "sample.diameter_nm", "min <= max"),
     "sample-kind": (GOOD_RECIPE.replace("material: Pt", "material: Pt\n  kind: atom"), 5, "sample.kind", "Did you mean 'atoms'"),
@@ -150,3 +150,18 @@ def test_as_dict_is_json_serialisable(fake_registry, good_recipe):
     import json
     resolved = load_recipe(good_recipe).as_dict()
     assert json.loads(json.dumps(resolved))["segmenter"] == {"plugin": "net", "params": {"depth": 3, "channels": [16, 32]}}
+
+
+def test_the_old_working_scale_key_is_read_with_a_warning_naming_its_line(fake_registry, tmp_path):
+    old = write(tmp_path, GOOD_RECIPE.replace("working_pixel_size_nm: 0.2", "pixel_size_nm: 0.25"))
+    line = GOOD_RECIPE.splitlines().index("  working_pixel_size_nm: 0.2") + 1
+    with pytest.warns(DeprecationWarning, match=rf"{old}:{line}: 'sample.pixel_size_nm' is deprecated"):
+        recipe = load_recipe(old)
+    assert recipe.sample.working_pixel_size_nm == 0.25
+    assert "pixel_size_nm" not in recipe.sample.as_dict()
+    with pytest.warns(DeprecationWarning, match="working_pixel_size_nm"):
+        assert recipe.sample.pixel_size_nm == 0.25  # the old attribute still answers, deprecated
+    both = write(tmp_path, GOOD_RECIPE.replace("working_pixel_size_nm: 0.2",
+                                               "working_pixel_size_nm: 0.2\n  pixel_size_nm: 0.25"), "both.yaml")
+    with pytest.raises(RecipeError, match="give 'working_pixel_size_nm' only"):
+        load_recipe(both)

@@ -27,7 +27,7 @@ def _disks(size=64, seed=0):
 @pytest.fixture
 def model_dir(tmp_path):
     torch.set_num_threads(1)
-    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     segmenter = get_registry().get("segmenter", "unet").create({"depth": 2, "width": 8}, sample)
     image, labels = _disks()
     segmenter.fit([image], [Instances(labels=labels)], None,
@@ -82,7 +82,7 @@ BROKEN_CONFIGS = {
     "architecture-number": (lambda c: c.update(architecture=5), "architecture must be a mapping"),
     "normalisation-list": (lambda c: c.update(normalisation=[1, 2]), "normalisation must be a mapping"),
     "sample-list": (lambda c: c.update(sample=[1]), "sample must be a mapping"),
-    "sample-bad-value": (lambda c: c["sample"].update(pixel_size_nm="x"), "sample.pixel_size_nm"),
+    "sample-bad-value": (lambda c: c["sample"].update(working_pixel_size_nm="x"), "sample.working_pixel_size_nm"),
     "sample-unknown-key": (lambda c: c["sample"].update(metal="Pt"), "sample.metal"),
 }
 
@@ -103,6 +103,16 @@ def test_a_broken_model_config_is_one_line_naming_the_file(model_dir, tmp_path, 
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
+
+def test_a_model_saved_with_the_old_sample_key_still_loads(model_dir):
+    from emcopilot.cli.segment import load_model
+    config = json.loads((model_dir / "config.json").read_text())
+    config["sample"]["pixel_size_nm"] = config["sample"].pop("working_pixel_size_nm")
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.warns(DeprecationWarning, match="config.json: 'sample.pixel_size_nm' is deprecated"):
+        segmenter = load_model(model_dir)
+    assert segmenter.sample.working_pixel_size_nm == 0.1
+
 def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     registry = get_registry()
     if "classical" not in registry.components["prior_extractor"]:
@@ -110,7 +120,7 @@ def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     from emcopilot import Micrograph
     from emcopilot.cli.segment import load_model
 
-    sample = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     segmenter = registry.get("segmenter", "classical").create({}, sample)
     image, labels = _disks(size=96)
     assert segmenter.fit([image], [Instances(labels=labels)], None, budget=TrainBudget(steps=1)) == {}

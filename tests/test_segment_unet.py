@@ -16,8 +16,8 @@ from emcopilot.interfaces import TrainBudget  # noqa: E402
 from emcopilot.plugins import get_registry  # noqa: E402
 from emcopilot.recipe import Sample  # noqa: E402
 
-PARTICLES = Sample.from_dict({"kind": "particles", "pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
-ATOMS = Sample.from_dict({"kind": "atoms", "pixel_size_nm": 0.03, "diameter_nm": [0.08, 0.2]})
+PARTICLES = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+ATOMS = Sample.from_dict({"kind": "atoms", "working_pixel_size_nm": 0.03, "diameter_nm": [0.08, 0.2]})
 TINY = {"depth": 2, "width": 8, "tile_px": 64, "tile_overlap_px": 16}
 
 

@@ -95,7 +95,7 @@ def load_model(model_dir: Path, device: str | None = None, *, params: Mapping[st
         raise CheckpointError(f"{path}: sample must be a mapping like a recipe's sample block, got "
                               f"{type(config['sample']).__name__}")
     try:
-        sample = Sample.from_dict(config["sample"]) if "sample" in config else None
+        sample = Sample.from_dict(config["sample"], where=str(path)) if "sample" in config else None
     except ParamsProblem as problem:
         raise CheckpointError(f"{path}: sample.{problem.key}: {problem.reason}") from None
     try:

@@ -8,7 +8,7 @@ become points, small disks the labels, close atoms optionally one cluster.
 
 Every image is normalised by its own percentiles (so absolute intensity does
 not matter), optionally after subtracting its smooth background
-(``background_nm``: for atoms on an uneven support) and resampled to the working pixel size (``sample.pixel_size_nm``)
+(``background_nm``: for atoms on an uneven support) and resampled to the working pixel size (``sample.working_pixel_size_nm``)
 before the network sees it; results are mapped back to the micrograph's grid.
 Inference runs on overlapping tiles blended with a smooth window, a batch of
 tiles at a time, under ``torch.inference_mode``, on CUDA when available; each
@@ -151,7 +151,7 @@ class UNetSegmenter:
         self.params = dict(params)
         self.sample = sample or Sample.from_dict({})
         self.mode = self._mode()
-        self.working_pixel_size_nm = float(self.sample.pixel_size_nm)
+        self.working_pixel_size_nm = float(self.sample.working_pixel_size_nm)
         background_nm = self.params["background_nm"]
         self.normalisation = {"percentiles": list(self.params["normalise_percentiles"]),
                               "invert": bool(self.params["invert_dark_objects"] and
