@@ -3,7 +3,8 @@
 The network's two maps (foreground and normalised distance) are computed once
 per image with a trained model of a closed-loop run (``benchmarks/closed_loop.py
 --work DIR``), at the pixel size that run used for each image; then every
-combination of ``foreground_threshold``, ``seed_dynamic`` and ``grow_nm`` is
+combination of ``foreground_threshold``, ``seed_dynamic``, ``grow_nm``, ``min_score`` and
+``min_diameter_nm`` (0: the model's own) is
 turned into particles and scored against the human boxes (box IoU >= 0.5).
 
 Two figures per setting: pooled over all images, and the leave-one-image-out
@@ -18,7 +19,8 @@ share these settings.
 Usage::
 
     python benchmarks/postprocess_settings.py [DATA] --run ardagen-haadf:WORK_HAADF --run ardagen-bf:WORK_BF \
-        [--foreground 0.25 0.3 0.5] [--seed-dynamic 0.1 0.2] [--grow-nm 0 0.2] [--out settings.json]
+        [--foreground 0.25 0.3 0.5] [--seed-dynamic 0.1 0.2] [--grow-nm 0 0.2] [--min-score 0 0.5] \
+        [--min-diameter-nm 0 1.0] [--out settings.json]
 
 Writes JSON (per setting: pooled counts and F1, per image; the held-out
 choice for each image and the pooled held-out F1) and prints the best settings.
@@ -39,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from closed_loop import SETS, select_images  # noqa: E402
 
 
-def maps_of_run(data: Path, name: str, work: Path, flips: int | None) -> list[dict]:
-    """Each image of the set with the run's model's maps at the run's pixel size."""
+def maps_of_run(data: Path, name: str, work: Path, flips: int | None, cache: Path | None = None) -> list[dict]:
+    """Each image of the set with the run's model's maps at the run's pixel size (kept in, and
+    read back from, ``cache/<set>/<image>.npy`` when a cache folder is given)."""
     from emcopilot.cli.segment import load_model
     from emcopilot.evaluate import read_yolo_truth
     from emcopilot.io import read_micrograph
@@ -55,7 +58,14 @@ def maps_of_run(data: Path, name: str, work: Path, flips: int | None) -> list[di
         micrograph = read_micrograph(path)[0]
         pixel_size = calibration[path.name]["pixel_size_nm"]
         scaling = plan_scaling(micrograph.shape, pixel_size, segmenter.working_pixel_size_nm, path.name)
-        maps = segmenter.predict_maps(normalise(to_working(micrograph.data, scaling), **segmenter.normalisation))
+        cached = cache / name / f"{path.name}.npy" if cache else None
+        if cached and cached.is_file():
+            maps = np.load(cached)
+        else:
+            maps = segmenter.predict_maps(normalise(to_working(micrograph.data, scaling), **segmenter.normalisation))
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, maps)
         truth = read_yolo_truth(data / SETS[name][0] / "labels" / f"{path.stem}.txt", micrograph.shape)
         items.append({"image": path.name, "set": name, "maps": maps, "scaling": scaling, "truth": truth,
                       "working_px_nm": segmenter.working_pixel_size_nm,
@@ -64,7 +74,8 @@ def maps_of_run(data: Path, name: str, work: Path, flips: int | None) -> list[di
     return items
 
 
-def counts(item: dict, foreground: float, dynamic: float, grow_nm: float) -> tuple[int, int, int]:
+def counts(item: dict, foreground: float, dynamic: float, grow_nm: float, min_score: float = 0.0,
+           min_diameter_nm: float | None = None) -> tuple[int, int, int]:
     from skimage.measure import regionprops
     from emcopilot.evaluate import Objects, match
     from emcopilot.scale import labels_to_original
@@ -72,8 +83,8 @@ def counts(item: dict, foreground: float, dynamic: float, grow_nm: float) -> tup
 
     px = item["working_px_nm"]
     labels, _ = particles_from_maps(item["maps"][0], item["maps"][1], foreground_threshold=foreground,
-                                    seed_dynamic=dynamic, min_area_px=math.pi / 4 * (item["min_diameter_nm"] / px) ** 2,
-                                    grow_px=grow_nm / px)
+                                    seed_dynamic=dynamic, grow_px=grow_nm / px, min_score=min_score,
+                                    min_area_px=math.pi / 4 * ((min_diameter_nm or item["min_diameter_nm"]) / px) ** 2)
     labels = labels_to_original(labels, item["scaling"])
     boxes = np.array([[r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]] for r in regionprops(labels)],
                      float).reshape(-1, 4)
@@ -93,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--foreground", type=float, nargs="+", default=[0.2, 0.25, 0.3, 0.4, 0.5])
     parser.add_argument("--seed-dynamic", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--grow-nm", type=float, nargs="+", default=[0.0, 0.2, 0.4])
+    parser.add_argument("--min-score", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--min-diameter-nm", type=float, nargs="+", default=[0.0],
+                        help="0: the model's own min_diameter_nm")
     parser.add_argument("--flips", type=int, help="test-time flips for the maps (default: the model's own)")
+    parser.add_argument("--cache", help="folder to keep the maps in between invocations (same runs, same flips)")
     parser.add_argument("--out", help="JSON report")
     args = parser.parse_args(argv)
 
@@ -103,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, work = spec.partition(":")
         if name not in SETS or name == "acstem" or not work:
             raise SystemExit(f"--run {spec!r}: expected ardagen-haadf:DIR or ardagen-bf:DIR")
-        items += maps_of_run(Path(args.data), name, Path(work), args.flips)
-    settings = list(itertools.product(args.foreground, args.seed_dynamic, args.grow_nm))
+        items += maps_of_run(Path(args.data), name, Path(work), args.flips, Path(args.cache) if args.cache else None)
+    settings = list(itertools.product(args.foreground, args.seed_dynamic, args.grow_nm, args.min_score,
+                                      args.min_diameter_nm))
     table = np.array([[counts(item, *setting) for setting in settings] for item in items], float)  # image, setting, 3
 
     def best_on(rows: np.ndarray) -> int:
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         choices.append(choice)
         held_out += table[index, choice]
     best = best_on(everything)
-    key = ("foreground_threshold", "seed_dynamic", "grow_nm")
+    key = ("foreground_threshold", "seed_dynamic", "grow_nm", "min_score", "min_diameter_nm")
     result = {
         "runs": args.run, "images": [item["image"] for item in items],
         "settings": [{**dict(zip(key, setting)), "tp": int(t[0]), "fp": int(t[1]), "fn": int(t[2]), "f1": f1(*t),
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in np.argsort([-r["f1"] for r in result["settings"]])[:5]:
         r = result["settings"][s]
         print(f"foreground {r['foreground_threshold']:.2f}  seed_dynamic {r['seed_dynamic']:.2f}  "
-              f"grow {r['grow_nm']:.2f} nm: F1 {r['f1']:.3f} (tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
+              f"grow {r['grow_nm']:.2f} nm  min_score {r['min_score']:.2f}  min_diameter {r['min_diameter_nm']:.2f} nm: F1 {r['f1']:.3f} (tp {r['tp']}, fp {r['fp']}, fn {r['fn']})")
     print(f"held out, one image at a time: F1 {result['held_out']['f1']:.3f}; per set: "
           + ", ".join(f"{k} best {v['best_f1']:.3f} held-out {v['held_out_f1']:.3f}" for k, v in result["per_set"].items()))
     if args.out:

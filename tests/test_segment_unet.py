@@ -292,3 +292,21 @@ def test_grown_particles_reach_outward_without_merging_and_keep_their_scores():
         assert (grown == index).sum() > (plain == index).sum() * 1.2
     # the gap between them is shared out, not bridged: each pixel belongs to one particle
     assert set(np.unique(grown[32, 42:45])) <= {1, 2}
+
+
+def test_particles_the_network_is_unsure_of_are_dropped_by_min_score():
+    from emcopilot_plugins.segmenters.instances import particle_targets, particles_from_maps
+
+    rows, cols = np.mgrid[:64, :96]
+    truth = np.zeros((64, 96), np.int32)
+    truth[(rows - 32) ** 2 + (cols - 24) ** 2 <= 10 ** 2] = 1
+    truth[(rows - 32) ** 2 + (cols - 70) ** 2 <= 10 ** 2] = 2
+    foreground, distance = particle_targets(truth)
+    foreground = foreground * np.where(cols < 48, 0.9, 0.4)  # the right one only faintly foreground
+    both, scores = particles_from_maps(foreground, distance, foreground_threshold=0.3, seed_dynamic=0.2,
+                                       min_area_px=10)
+    assert both.max() == 2 and np.allclose(sorted(scores), [0.4, 0.9])
+    sure, sure_scores = particles_from_maps(foreground, distance, foreground_threshold=0.3, seed_dynamic=0.2,
+                                            min_area_px=10, min_score=0.5)
+    assert sure.max() == 1 and np.all(sure[truth == 1] == 1) and not sure[truth == 2].any()
+    np.testing.assert_allclose(sure_scores, [0.9])

@@ -48,6 +48,8 @@ UNET_PARAMS = {
                      help="grow each particle outward by this much after the watershed, never into a neighbour "
                           "(the network's edge lies inside the blurred rim that outlines and boxes drawn by hand "
                           "include)"),
+    "min_score": Param(0.0, float, min=0.0, max=1.0,
+                       help="drop particles whose mean foreground probability (before growing) is below this"),
     "min_diameter_nm": Param(None, float, min=0.0, unit="nm",
                              help="drop particles with a smaller equivalent diameter; default half sample.diameter_nm[0]"),
     "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),

@@ -65,7 +65,8 @@ def points_of(labels: np.ndarray | None, points: np.ndarray | None) -> np.ndarra
 
 def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foreground_threshold: float,
                         seed_dynamic: float, min_area_px: float,
-                        seed_threshold: float = 0.0, grow_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        seed_threshold: float = 0.0, grow_px: float = 0.0,
+                        min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Watershed instances from foreground and distance probabilities: ``(labels, scores)``.
 
     Each particle grows from one maximum of the predicted (normalised) distance
@@ -79,7 +80,9 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     optionally also requires the seed's height. Foreground blobs without a
     seed are particles too. ``grow_px`` then grows every particle outward by
     that distance, never into a neighbour (``skimage.segmentation.expand_labels``);
-    the scores stay those of the particle before it grew.
+    the scores (each particle's mean foreground probability) stay those of the
+    particle before it grew. Particles smaller than ``min_area_px`` or scoring
+    below ``min_score`` are dropped first.
     """
     from scipy import ndimage
     from skimage.segmentation import watershed
@@ -101,9 +104,11 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     if labels.max() == 0:
         return labels, np.zeros(0, np.float32)
     areas = np.bincount(labels.ravel())
-    small = areas < min_area_px
-    small[0] = False
-    labels[small[labels]] = 0
+    drop = areas < min_area_px
+    if min_score > 0:
+        drop |= np.concatenate([[False], ndimage.mean(foreground, labels, np.arange(1, len(areas))) < min_score])
+    drop[0] = False
+    labels[drop[labels]] = 0
     from skimage.segmentation import relabel_sequential
     labels = relabel_sequential(labels)[0].astype(np.int32)
     count = int(labels.max())

@@ -382,7 +382,8 @@ class UNetSegmenter:
             labels, scores = post.particles_from_maps(
                 maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
                 seed_dynamic=self.params["seed_dynamic"], seed_threshold=self.params["seed_threshold"],
-                min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]))
+                min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
+                min_score=self.params["min_score"])
             return Instances(labels=labels_to_original(labels, scaling), scores=scores, metadata=metadata)
         cluster_nm = self.params["cluster_distance_nm"]
         points, labels, scores = post.atoms_from_heatmap(
