@@ -34,7 +34,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
     """Segment one input file; never raises for a bad file (the error is returned)."""
     from .io import read_micrograph
     from .measure import mask_file_name, particle_table
-    from .rundir import atomic_path, write_tiff
+    from .rundir import atomic_path, write_label_tiff
     import numpy as np
 
     out_dir = Path(out)
@@ -51,7 +51,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
             instances = segmenter.predict(micrograph)
             table = particle_table(instances, micrograph)
             labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-            write_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels.astype(np.int32))
+            write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels, micrograph.pixel_size_nm)
             part = out_dir / "parts" / (mask_file_name(micrograph.name)[:-4] + ".parquet")
             part.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(part) as temporary:

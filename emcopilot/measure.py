@@ -1,17 +1,24 @@
-"""Per-particle tables (DESIGN §6) and the files every command writes.
+"""Per-particle tables and the files every command writes.
 
 :func:`particle_table` turns the instances found in one micrograph into the
-particle table of DESIGN §6, one row per object::
+particle table, one row per object::
 
     image, id, x, y, bbox_x0, bbox_y0, bbox_x1, bbox_y1, area_px, eq_diameter_px,
     [x_nm, y_nm, area_nm2, eq_diameter_nm,]   # only when the pixel size is known
     eccentricity, circularity, solidity, mean_intensity, touches_edge,
+    perimeter_px, feret_px, min_feret_px, major_axis_px, minor_axis_px,
+    [perimeter_nm, feret_nm, min_feret_nm, major_axis_nm, minor_axis_nm,]
+    orientation_deg, aspect_ratio, small_for_shape,
     [pixel_size_nm, pixel_size_source]        # only when the pixel size is known
 
-``x`` is the column and ``y`` the row of the centroid (pixels); boxes are
-half-open (``bbox_x1`` is one past the last column), as in scikit-image.
-``circularity`` is ``4·pi·area / perimeter²`` (1 for a disk, clipped to 1 for
-the few-pixel objects whose digital perimeter underestimates it).
+Every column, with its unit and definition, is described in
+``docs/particle-table.md``. ``x`` is the column and ``y`` the row of the
+centroid (pixels); boxes are half-open (``bbox_x1`` is one past the last
+column), as in scikit-image. ``circularity`` is ``4·pi·area / perimeter²``
+(1 for a disk), not clipped: objects whose digital outline is too coarse for it
+are flagged ``small_for_shape`` instead. Feret diameters are measured on the
+convex hull of the pixels' corners and ``orientation_deg`` from the x axis, as
+Fiji's Analyze Particles reports them.
 
 ``pixel_size_nm`` is the pixel size the nm columns were computed with and
 ``pixel_size_source`` where it came from: ``file`` (the file's own calibration),
@@ -25,7 +32,8 @@ disk of point ``k`` and gives the area and shape; a point without a disk has
 NaN area, diameter and shape and the intensity of its pixel.
 
 :func:`write_outputs` writes ``particles.csv``, ``particles.parquet`` and
-``masks/<image>.tif`` atomically (temporary file, then ``os.replace``).
+``masks/<image>.tif`` (label images with the pixel size in ImageJ's tags, see
+:func:`~emcopilot.rundir.write_label_tiff`) atomically (temporary file, then ``os.replace``).
 """
 from __future__ import annotations
 
@@ -40,16 +48,51 @@ from .interfaces import Instances, Micrograph
 PIXEL_COLUMNS = ("image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px")
 NM_COLUMNS = ("x_nm", "y_nm", "area_nm2", "eq_diameter_nm")
 SHAPE_COLUMNS = ("eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge")
+#: lengths of each object as Fiji's Analyze Particles reports them, in pixels ...
+LENGTH_COLUMNS_PX = ("perimeter_px", "feret_px", "min_feret_px", "major_axis_px", "minor_axis_px")
+#: ... and in nm where the pixel size is known
+LENGTH_COLUMNS_NM = ("perimeter_nm", "feret_nm", "min_feret_nm", "major_axis_nm", "minor_axis_nm")
+FIT_COLUMNS = ("orientation_deg", "aspect_ratio", "small_for_shape")
 CALIBRATION_COLUMNS = ("pixel_size_nm", "pixel_size_source")
+#: below this equivalent diameter a digital perimeter is too coarse for circularity (a digital disk of
+#: 4 px scores 1.28, of 6 px 0.98): such objects are flagged ``small_for_shape``
+SMALL_FOR_SHAPE_PX = 6.0
 
 _REGION_PROPERTIES = ("label", "centroid", "bbox", "area", "eccentricity", "perimeter", "solidity",
-                      "intensity_mean")
+                      "intensity_mean", "axis_major_length", "axis_minor_length", "orientation", "coords")
+_SHAPE_KEYS = ("area_px", "eccentricity", "circularity", "solidity", "perimeter_px", "feret_px", "min_feret_px",
+               "major_axis_px", "minor_axis_px", "orientation_deg", "aspect_ratio")
 
 
 def columns(calibrated: bool) -> list[str]:
     """The particle-table columns, in order, with or without the nm columns."""
     return (list(PIXEL_COLUMNS) + (list(NM_COLUMNS) if calibrated else []) + list(SHAPE_COLUMNS)
+            + list(LENGTH_COLUMNS_PX) + (list(LENGTH_COLUMNS_NM) if calibrated else []) + list(FIT_COLUMNS)
             + (list(CALIBRATION_COLUMNS) if calibrated else []))
+
+
+def feret_diameters(coords: np.ndarray) -> tuple[float, float]:
+    """Largest and smallest caliper width (Feret diameters, px) of the pixels at ``coords`` (N, 2).
+
+    Measured on the convex hull of the pixels' corners, as Fiji measures its traced outline: a single
+    pixel is sqrt(2) long and 1 wide. The smallest width is the least, over the hull's edges, of the
+    farthest hull point from that edge (rotating calipers).
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    corners = (np.asarray(coords, float)[:, None, :] + np.array([[-.5, -.5], [-.5, .5], [.5, -.5], [.5, .5]])
+               ).reshape(-1, 2)
+    try:
+        hull = corners[ConvexHull(corners).vertices]
+    except QhullError:  # cannot happen for pixel corners, which span an area; kept for safety
+        return float(np.ptp(corners, axis=0).max()), 1.0
+    differences = hull[:, None, :] - hull[None, :, :]
+    largest = float(np.sqrt((differences ** 2).sum(-1)).max())
+    edges = np.roll(hull, -1, axis=0) - hull
+    normals = np.stack([-edges[:, 1], edges[:, 0]], 1) / np.linalg.norm(edges, axis=1)[:, None]
+    # widths[e, j]: distance of hull point j from the line through edge e
+    widths = np.abs(np.einsum("ejk,ek->ej", hull[None, :, :] - hull[:, None, :], normals))
+    return largest, float(widths.max(axis=1).min())
 
 
 def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
@@ -57,12 +100,13 @@ def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
 
     if not (labels > 0).any():
         return pd.DataFrame({key: [] for key in ("id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
-                                                 "area_px", "eccentricity", "circularity", "solidity",
-                                                 "mean_intensity")})
+                                                 "mean_intensity", *_SHAPE_KEYS)})
     props = regionprops_table(labels, intensity_image=intensity, properties=_REGION_PROPERTIES)
     area = props["area"].astype(float)
     perimeter = props["perimeter"].astype(float)
-    circularity = np.divide(4 * np.pi * area, perimeter ** 2, out=np.ones_like(area), where=perimeter > 0)
+    circularity = np.divide(4 * np.pi * area, perimeter ** 2, out=np.full_like(area, np.nan), where=perimeter > 0)
+    ferets = np.array([feret_diameters(coords) for coords in props["coords"]], float).reshape(-1, 2)
+    major, minor = props["axis_major_length"].astype(float), props["axis_minor_length"].astype(float)
     return pd.DataFrame({
         "id": props["label"].astype(np.int64),
         "x": props["centroid-1"], "y": props["centroid-0"],
@@ -70,9 +114,15 @@ def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
         "bbox_x1": props["bbox-3"], "bbox_y1": props["bbox-2"],
         "area_px": area,
         "eccentricity": props["eccentricity"],
-        "circularity": np.minimum(circularity, 1.0),
+        "circularity": circularity,
         "solidity": props["solidity"],
         "mean_intensity": props["intensity_mean"],
+        "perimeter_px": perimeter,
+        "feret_px": ferets[:, 0], "min_feret_px": ferets[:, 1],
+        "major_axis_px": major, "minor_axis_px": minor,
+        # skimage: angle of the major axis to the rows; Fiji: to the x axis, counter-clockwise as displayed
+        "orientation_deg": np.mod(90.0 + np.degrees(props["orientation"].astype(float)), 180.0),
+        "aspect_ratio": np.divide(major, minor, out=np.full_like(major, np.nan), where=minor > 0),
     })
 
 
@@ -91,7 +141,7 @@ def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.nd
         if key not in table:
             table[key] = value
         table.loc[no_disk, key] = value[no_disk]
-    for key in ("area_px", "eccentricity", "circularity", "solidity"):
+    for key in _SHAPE_KEYS:
         if key not in table:
             table[key] = np.nan
     if "mean_intensity" not in table:
@@ -102,7 +152,7 @@ def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.nd
 
 def particle_table(instances: Instances, micrograph: Micrograph,
                    pixel_size_nm: float | None = None) -> pd.DataFrame:
-    """The DESIGN §6 particle table of one micrograph (see the module docstring).
+    """The particle table of one micrograph (see the module docstring).
 
     ``pixel_size_nm`` overrides the micrograph's calibration (e.g. an estimate
     for an uncalibrated image); without either, the nm columns are left out. The
@@ -126,6 +176,8 @@ def particle_table(instances: Instances, micrograph: Micrograph,
     height, width = micrograph.shape
     table["image"] = micrograph.name
     table["eq_diameter_px"] = np.sqrt(4 * table["area_px"].astype(float) / np.pi)
+    table["small_for_shape"] = (table["eq_diameter_px"] < SMALL_FOR_SHAPE_PX).to_numpy() \
+        & table["area_px"].notna().to_numpy()
     table["touches_edge"] = ((table["bbox_x0"] <= 0) | (table["bbox_y0"] <= 0)
                              | (table["bbox_x1"] >= width) | (table["bbox_y1"] >= height)).astype(bool)
     if pixel_size_nm is not None:
@@ -133,6 +185,8 @@ def particle_table(instances: Instances, micrograph: Micrograph,
         table["y_nm"] = table["y"] * pixel_size_nm
         table["area_nm2"] = table["area_px"] * pixel_size_nm ** 2
         table["eq_diameter_nm"] = table["eq_diameter_px"] * pixel_size_nm
+        for px_column, nm_column in zip(LENGTH_COLUMNS_PX, LENGTH_COLUMNS_NM):
+            table[nm_column] = table[px_column] * pixel_size_nm
         table["pixel_size_nm"] = float(pixel_size_nm)
         table["pixel_size_source"] = source
     table = table[columns(pixel_size_nm is not None)].reset_index(drop=True)
@@ -198,7 +252,7 @@ def write_outputs(out_dir: Path, micrographs: Sequence[Micrograph], instances_li
     ``pixel_sizes_nm`` optionally overrides each micrograph's calibration.
     Points without a label image give an empty (all-zero) mask.
     """
-    from .rundir import write_tiff
+    from .rundir import write_label_tiff
 
     out_dir = Path(out_dir)
     pixel_sizes_nm = list(pixel_sizes_nm) if pixel_sizes_nm is not None else [None] * len(micrographs)
@@ -206,5 +260,6 @@ def write_outputs(out_dir: Path, micrographs: Sequence[Micrograph], instances_li
     for micrograph, instances, pixel_size_nm in zip(micrographs, instances_list, pixel_sizes_nm):
         tables.append(particle_table(instances, micrograph, pixel_size_nm))
         labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-        write_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels.astype(np.int32))
+        write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels,
+                         pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm)
     return write_table(out_dir, tables)

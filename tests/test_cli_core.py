@@ -78,6 +78,27 @@ def test_recipes_command_lists_descriptions(capsys):
         assert name in out
 
 
+def test_recipes_json_names_file_and_origin(capsys):
+    assert main(["recipes", "--json"]) == 0
+    listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert set(BUILTIN_RECIPES) <= set(listed)
+    haadf = listed["nanoparticles-haadf"]
+    assert haadf["file"].endswith("nanoparticles-haadf.yaml") and "emcopilot" in haadf["origin"]
+
+
+def test_plugins_params_show_defaults_units_and_ranges(capsys):
+    assert main(["plugins", "--slot", "segmenter", "--params"]) == 0
+    out = capsys.readouterr().out
+    assert "grow_nm = 0.0 nm (0.0..)" in out and "foreground_threshold = 0.5 (0.0..1.0)" in out
+    assert "test_time_flips = 1 (one of 1, 2, 4, 8" in out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    result = subprocess.run(f"{sys.executable} -m emcopilot plugins --json | head -c 1", shell=True,
+                            capture_output=True, text=True, executable="/bin/bash")
+    assert result.stdout == "[" and result.stderr == "", result.stderr
+
+
 @pytest.mark.parametrize("value", ["inf", "nan", "0", "-0.2", "abc"])
 @pytest.mark.parametrize("command", ["segment", "extract", "run", "evaluate"])
 def test_a_pixel_size_that_is_not_finite_and_positive_is_refused_before_any_work(command, value, capsys, tmp_path):

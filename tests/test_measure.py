@@ -1,4 +1,4 @@
-"""The DESIGN §6 particle table and the files written from it."""
+"""The particle table and the files written from it."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +26,9 @@ def test_columns_in_contract_order_with_and_without_calibration():
         "image", "id", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "area_px", "eq_diameter_px",
         "x_nm", "y_nm", "area_nm2", "eq_diameter_nm",
         "eccentricity", "circularity", "solidity", "mean_intensity", "touches_edge",
+        "perimeter_px", "feret_px", "min_feret_px", "major_axis_px", "minor_axis_px",
+        "perimeter_nm", "feret_nm", "min_feret_nm", "major_axis_nm", "minor_axis_nm",
+        "orientation_deg", "aspect_ratio", "small_for_shape",
         "pixel_size_nm", "pixel_size_source"]
     assert (calibrated["pixel_size_nm"] == 0.5).all() and (calibrated["pixel_size_source"] == "file").all()
     plain = particle_table(Instances(labels=labels), Micrograph(image, name="a.png"))
@@ -100,3 +103,50 @@ def test_write_outputs_atomically(tmp_path):
     assert len({mask_file_name(name) for name in names}) == len(names)
     assert not tifffile.imread(tmp_path / "masks" / "c.png.tif").any()
     assert not [p for p in tmp_path.rglob("*.part")]
+
+
+def test_fiji_columns_agree_with_regionprops_and_the_geometry():
+    from skimage.draw import ellipse
+    from skimage.measure import regionprops_table
+
+    labels = np.zeros((120, 160), np.int32)
+    rows, cols = ellipse(60, 60, 10, 30, rotation=np.deg2rad(30))  # long axis 30 degrees up to the right
+    labels[rows, cols] = 1
+    labels[10:13, 110:140] = 2                                       # a 3 x 30 bar along x
+    labels[100, 150] = 3                                             # one pixel
+    image = np.ones(labels.shape, np.float32)
+    table = particle_table(Instances(labels=labels), Micrograph(image, pixel_size_nm=0.25, name="a.tif"))
+    props = regionprops_table(labels, properties=("perimeter", "axis_major_length", "axis_minor_length",
+                                                  "feret_diameter_max"))
+    np.testing.assert_allclose(table["perimeter_px"], props["perimeter"])
+    np.testing.assert_allclose(table["major_axis_px"], props["axis_major_length"])
+    np.testing.assert_allclose(table["minor_axis_px"], props["axis_minor_length"])
+    # skimage's Feret is taken on a contour of the hull image, Fiji's (and ours) on the pixels' outline
+    np.testing.assert_allclose(table["feret_px"], props["feret_diameter_max"], atol=1.5)
+    ellipse_row, bar, dot = (table.iloc[i] for i in range(3))
+    assert ellipse_row["orientation_deg"] == pytest.approx(30, abs=1.5)
+    assert ellipse_row["aspect_ratio"] == pytest.approx(3, rel=0.05)
+    assert ellipse_row["feret_px"] == pytest.approx(61, abs=1.5) and ellipse_row["min_feret_px"] == pytest.approx(21, abs=1.5)
+    assert bar["feret_px"] == pytest.approx(np.hypot(30, 3)) and bar["min_feret_px"] == pytest.approx(3)
+    assert bar["orientation_deg"] in (0.0, pytest.approx(180.0))
+    assert (dot["feret_px"], dot["min_feret_px"]) == (pytest.approx(np.sqrt(2)), pytest.approx(1.0))
+    for length in ("perimeter", "feret", "min_feret", "major_axis", "minor_axis"):
+        np.testing.assert_allclose(table[f"{length}_nm"], table[f"{length}_px"] * 0.25)
+    assert list(table["small_for_shape"]) == [False, False, True]
+    assert table.loc[2, "circularity"] != 1.0 or np.isnan(table.loc[2, "circularity"])  # not clipped to 1
+
+
+def test_masks_open_at_scale_in_fiji(tmp_path):
+    import tifffile
+
+    labels, image = two_objects()
+    write_outputs(tmp_path, [Micrograph(image, pixel_size_nm=0.5, name="a.tif"), Micrograph(image, name="b.png")],
+                  [Instances(labels=labels), Instances(labels=labels)])
+    with tifffile.TiffFile(tmp_path / "masks" / mask_file_name("a.tif")) as tif:
+        assert tif.is_imagej and tif.imagej_metadata["unit"] == "nm"
+        page = tif.pages[0]
+        numerator, denominator = page.tags["XResolution"].value
+        assert numerator / denominator == pytest.approx(2.0)  # pixels per nm
+        assert page.dtype == np.uint16 and (page.asarray() == labels).all()
+    with tifffile.TiffFile(tmp_path / "masks" / mask_file_name("b.png")) as tif:
+        assert "unit" not in (tif.imagej_metadata or {})  # no pixel size: an uncalibrated mask

@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (e.g. captured): nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -96,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "traceback", False) or os.environ.get("EMCOPILOT_DEBUG", "") not in ("", "0")
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:  # `emcopilot plugins --json | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141  # as a program stopped by SIGPIPE
     except EmcopilotError as error:
         if debug:
             traceback.print_exc()

@@ -11,7 +11,22 @@ def add_parser(subparsers):
                                    description="List every registered component with its origin.")
     parser.add_argument("--slot", choices=sorted(SLOTS), help="only this slot")
     parser.add_argument("--json", action="store_true", help="machine-readable list")
+    parser.add_argument("--params", action="store_true",
+                        help="also list each component's parameters: default, unit, range and help")
     return parser
+
+
+def _param_line(key: str, description: dict) -> str:
+    """``  name = default [unit] (range or choices): help`` of one parameter."""
+    unit = f" {description['unit']}" if description.get("unit") else ""
+    bounds = []
+    if "choices" in description:
+        bounds.append("one of " + ", ".join(map(str, description["choices"])))
+    if "min" in description or "max" in description:
+        bounds.append(f"{description.get('min', '')}..{description.get('max', '')}")
+    bounds_text = f" ({'; '.join(bounds)})" if bounds else ""
+    help_text = f": {description['help']}" if description.get("help") else ""
+    return f"      {key} = {description['default']!r}{unit}{bounds_text}{help_text}"
 
 
 def run(args) -> int:
@@ -33,6 +48,9 @@ def run(args) -> int:
             origin = component.origin
             print(f"  {component.name:<20} {origin.distribution or '-'} {origin.version or ''}"
                   f"  {component.description.splitlines()[0] if component.description else ''}")
+            if args.params:
+                for key, param in component.params.items():
+                    print(_param_line(key, param.describe()))
     if broken:
         print("broken plugins:")
         for plugin in registry.broken:
