@@ -15,7 +15,7 @@ group of candidate pairs, so thousands of objects stay cheap.
 Truth readers: ``points`` (folders of CSVs with ``X`` = column, ``Y`` = row),
 ``yolo`` (``<stem>.txt`` with normalised ``class cx cy w h``) and ``masks``
 (label or binary ``.tif`` images). :func:`evaluate_run` scores the
-``particles.csv`` of a run (DESIGN §6) and is what ``emcopilot evaluate`` prints.
+``particles.csv`` of a run (the particle table, docs/particle-table.md) and is what ``emcopilot evaluate`` prints.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def as_objects(value: Any, name: str = "") -> Objects:
 
 
 def objects_from_table(table: Any, name: str = "", kind: str = "boxes") -> Objects:
-    """Boxes (or points) of a DESIGN §6 particle table; x = column, y = row."""
+    """Boxes (or points) of a particle table; x = column, y = row."""
     needed = ("x", "y") if kind == "points" else ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
     missing = [column for column in needed if column not in table.columns]
     if missing:
@@ -543,7 +543,7 @@ def read_run_table(pred: Path):
         raise InputError(f"--pred {pred}: cannot read: {error}") from None
     missing = [c for c in ("image", "x", "y") if c not in table.columns]
     if missing:
-        raise InputError(f"--pred {pred}: missing column(s) {', '.join(missing)} (see DESIGN §6)")
+        raise InputError(f"--pred {pred}: missing column(s) {', '.join(missing)} (see docs/particle-table.md)")
     table["image"] = table["image"].astype(str)
     return pred, table
 

@@ -10,7 +10,7 @@ from emcopilot import Micrograph, ReadError
 from emcopilot.interfaces import InputError
 from emcopilot.io import expand_inputs, read_micrograph, read_micrographs, to_nm
 
-# DESIGN/data README: pixel sizes of the format examples (nm/px), to 4 significant digits
+# pixel sizes of the format examples (nm/px), to 4 significant digits
 FORMAT_PIXEL_SIZES_NM = {
     "particlespy/jeol_haadf.dm4": [1.2490],
     "particlespy/sio2_haadf.hspy": [8.5524],

@@ -1,4 +1,4 @@
-"""``emcopilot segment``: rebuild a saved model, write DESIGN §6 outputs, evaluate them."""
+"""``emcopilot segment``: rebuild a saved model, write the particle table and masks, evaluate them."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """``emcopilot extract RECIPE --input PATH... --out DIR``: run the recipe's prior extractor only.
 
-Writes to ``--out``: ``particles.csv`` and ``particles.parquet`` (DESIGN §6),
+Writes to ``--out``: ``particles.csv`` and ``particles.parquet`` (the particle table, docs/particle-table.md),
 ``masks/<image>.tif``, ``prior.json`` (the :class:`~emcopilot.morphology.MorphologyPrior`
 fitted to everything found), ``run.json`` (recipe, extractor, per-image pixel size and
 its source, counts, timings) and, when inputs failed, ``errors.csv``. Images

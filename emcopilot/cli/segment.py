@@ -4,7 +4,7 @@ The model folder (``model/`` of a run, or a segmenter's ``save``) holds a
 ``config.json`` naming the segmenter plugin, its params and the recipe's
 ``sample:`` block; the segmenter is rebuilt from it (``--param NAME=VALUE``
 overrides one of its saved parameters for this batch) and loads its weights.
-Writes the DESIGN §6 outputs: ``particles.csv``/``.parquet``, ``masks/``,
+Writes the particle table and masks (docs/particle-table.md): ``particles.csv``/``.parquet``, ``masks/``,
 ``run.json``.
 """
 from __future__ import annotations
