@@ -78,14 +78,11 @@ def feret_diameters(coords: np.ndarray) -> tuple[float, float]:
     pixel is sqrt(2) long and 1 wide. The smallest width is the least, over the hull's edges, of the
     farthest hull point from that edge (rotating calipers).
     """
-    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial import ConvexHull
 
     corners = (np.asarray(coords, float)[:, None, :] + np.array([[-.5, -.5], [-.5, .5], [.5, -.5], [.5, .5]])
                ).reshape(-1, 2)
-    try:
-        hull = corners[ConvexHull(corners).vertices]
-    except QhullError:  # cannot happen for pixel corners, which span an area; kept for safety
-        return float(np.ptp(corners, axis=0).max()), 1.0
+    hull = corners[ConvexHull(corners).vertices]  # corners of even one pixel span an area
     differences = hull[:, None, :] - hull[None, :, :]
     largest = float(np.sqrt((differences ** 2).sum(-1)).max())
     edges = np.roll(hull, -1, axis=0) - hull

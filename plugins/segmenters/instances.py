@@ -104,15 +104,14 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     if labels.max() == 0:
         return labels, np.zeros(0, np.float32)
     areas = np.bincount(labels.ravel())
-    drop = areas < min_area_px
-    if min_score > 0:
-        drop |= np.concatenate([[False], ndimage.mean(foreground, labels, np.arange(1, len(areas))) < min_score])
-    drop[0] = False
-    labels[drop[labels]] = 0
+    means = np.concatenate([[0.0], ndimage.mean(foreground, labels, np.arange(1, len(areas)))])
+    keep = (areas > 0) & (areas >= min_area_px) & (means >= min_score)
+    keep[0] = False
+    labels[~keep[labels]] = 0
     from skimage.segmentation import relabel_sequential
-    labels = relabel_sequential(labels)[0].astype(np.int32)
+    labels = relabel_sequential(labels)[0].astype(np.int32)  # kept labels stay in order: scores follow
     count = int(labels.max())
-    scores = ndimage.mean(foreground, labels, np.arange(1, count + 1)) if count else np.zeros(0)
+    scores = means[keep]
     if grow_px > 0 and count:
         from skimage.segmentation import expand_labels
         labels = expand_labels(labels, grow_px).astype(np.int32)
