@@ -120,6 +120,40 @@ class TrainBudget:
     device: str = "auto"  # "auto" -> CUDA when available, else CPU
     progress: bool = True
 
+    def fraction_done(self, step: int, elapsed_s: float) -> float:
+        """How far training is, 0..1: by steps, or by wall time where ``max_minutes`` binds first."""
+        done = step / max(1, self.steps)
+        if self.max_minutes:
+            done = max(done, elapsed_s / (60 * self.max_minutes))
+        return min(done, 1.0)
+
+    def progress_bar(self, description: str) -> "TrainingBar":
+        """A progress bar for this budget (a silent one when ``progress`` is off)."""
+        return TrainingBar(self, description)
+
+
+class TrainingBar:
+    """Progress of a training run in per cent of its budget (tqdm): by steps, or by time where the
+    ``max_minutes`` cap binds first, so a slow machine's bar still reaches 100 % when the cap ends
+    training early; the step reached is shown beside it."""
+
+    def __init__(self, budget: TrainBudget, description: str):
+        self.budget, self.bar = budget, None
+        if budget.progress:
+            from tqdm.auto import tqdm
+            cap = f", at most {budget.max_minutes:g} min" if budget.max_minutes else ""
+            self.bar = tqdm(total=100, desc=f"{description} ({budget.steps} steps{cap})", unit="%", leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
+
+    def advance(self, step: int, elapsed_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"step {step}", refresh=False)
+            self.bar.update(100 * self.budget.fraction_done(step, elapsed_s) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
 
 @runtime_checkable
 class PriorExtractor(Protocol):

@@ -205,8 +205,8 @@ def test_a_wall_time_budget_stops_training_early_with_the_rate_annealed(monkeypa
     from emcopilot_plugins.segmenters import unet as unet_module
 
     assert unet_module._cosine_lr(1.0, 0.0) == 1.0 and unet_module._cosine_lr(1.0, 1.0) == pytest.approx(0.1)
-    assert unet_module._training_progress(5, 10, 1.0, None) == 0.5
-    assert unet_module._training_progress(5, 10, 30.0, 40.0) == 0.75  # the clock binds first
+    assert TrainBudget(steps=10).fraction_done(5, 1.0) == 0.5
+    assert TrainBudget(steps=10, max_minutes=40 / 60).fraction_done(5, 30.0) == 0.75  # the clock binds first
     clock = iter(range(0, 10_000, 20))  # each reading of the clock is 20 s later: 3 steps fit in a minute
     monkeypatch.setattr(unet_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     image, labels = toy_particles(0, size=64)
@@ -310,3 +310,16 @@ def test_particles_the_network_is_unsure_of_are_dropped_by_min_score():
                                             min_area_px=10, min_score=0.5)
     assert sure.max() == 1 and np.all(sure[truth == 1] == 1) and not sure[truth == 2].any()
     np.testing.assert_allclose(sure_scores, [0.9])
+
+
+def test_the_training_bar_counts_time_when_the_cap_binds():
+    bar = TrainBudget(steps=100, max_minutes=1.0).progress_bar("unet")
+    bar.advance(5, 30.0)
+    assert bar.bar.n == pytest.approx(50)  # half the minute, though only 5 % of the steps
+    bar.advance(10, 60.0)
+    assert bar.bar.n == pytest.approx(100) and "step 10" in str(bar.bar)
+    bar.close()
+    silent = TrainBudget(steps=10, progress=False).progress_bar("unet")
+    silent.advance(1, 1.0)
+    assert silent.bar is None
+    silent.close()

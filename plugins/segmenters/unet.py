@@ -239,11 +239,11 @@ class UNetSegmenter:
         history: dict[str, Any] = {"loss": [], "step": [], "device": str(device), "crop_px": crop,
                                    "batch_size": budget.batch_size, "seed": budget.seed}
         started = time.perf_counter()
-        limit_s = 60 * budget.max_minutes if budget.max_minutes else None
-        progress = _progress(budget)
+        progress = budget.progress_bar("unet")
         step = 0
         for step in range(1, budget.steps + 1):
-            done = _training_progress(step - 1, budget.steps, time.perf_counter() - started, limit_s)
+            elapsed_s = time.perf_counter() - started
+            done = budget.fraction_done(step - 1, elapsed_s)
             if done >= 1:
                 log.warning("unet: stopped after step %d of %d: max_minutes=%s reached", step - 1, budget.steps,
                             budget.max_minutes)
@@ -262,10 +262,8 @@ class UNetSegmenter:
             if step % 10 == 0 or step == budget.steps:
                 history["loss"].append(float(loss.detach()))
                 history["step"].append(step)
-            if progress:
-                progress.update(1)
-        if progress:
-            progress.close()
+            progress.advance(step, elapsed_s)
+        progress.close()
         net.eval()
         self.trained = True
         history.update(steps=step, seconds=time.perf_counter() - started)
@@ -425,25 +423,7 @@ class UNetSegmenter:
         self.trained = True
 
 
-def _training_progress(step: int, steps: int, elapsed_s: float, limit_s: float | None) -> float:
-    """How far training is, 0..1: by steps, or by wall time where ``limit_s`` binds first.
-
-    The learning-rate schedule follows this, so a run cut short by ``max_minutes`` on a slow machine
-    still anneals to the end instead of stopping at a high rate.
-    """
-    done = step / max(1, steps)
-    return max(done, elapsed_s / limit_s) if limit_s else done
-
-
 def _cosine_lr(base_lr: float, progress: float) -> float:
     """Cosine annealing (Loshchilov & Hutter, SGDR, 2017) from ``base_lr`` to a tenth of it."""
     floor = 0.1 * base_lr
     return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _progress(budget: TrainBudget):
-    if not budget.progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=budget.steps, desc="unet", leave=False)
-

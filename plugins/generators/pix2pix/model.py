@@ -116,7 +116,7 @@ class Pix2Pix:
                                    "pairs": len(pairs), "validation_crops": validator.count,
                                    "lpips": validator.lpips_status}
         started = time.perf_counter()
-        progress = _progress(budget)
+        progress = budget.progress_bar("pix2pix")
         workdir = Path(workdir)
         for step in range(1, budget.steps + 1):
             conditions, targets = data.random_batch(pairs, budget.batch_size, crop_px, rng)
@@ -126,20 +126,19 @@ class Pix2Pix:
             history["step"].append(step)
             for key, value in losses.items():
                 history[key].append(value)
-            out_of_time = budget.max_minutes is not None and time.perf_counter() - started > 60 * budget.max_minutes
+            elapsed_s = time.perf_counter() - started
+            out_of_time = budget.max_minutes is not None and elapsed_s > 60 * budget.max_minutes
             if step % params["validate_every"] == 0 or step == budget.steps or out_of_time:
                 generator.eval()
                 scores = validator.score(self._forward, step, generator.state_dict())
                 generator.train()
                 history["validation"].append(scores)
                 log.info("pix2pix step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-            if progress:
-                progress.update(1)
+            progress.advance(step, elapsed_s)
             if out_of_time:
                 history["stopped_early"] = f"max_minutes {budget.max_minutes} reached at step {step}"
                 break
-        if progress:
-            progress.close()
+        progress.close()
         seconds = time.perf_counter() - started
         history.update(seconds=seconds, steps_per_second=len(history["step"]) / seconds)
         if not history["loss_ssim"]:
@@ -284,8 +283,3 @@ class _Validator:
                 "selected_by": self.select_by, "selected_step": chosen["step"]}
 
 
-def _progress(budget: TrainBudget):
-    if not budget.progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=budget.steps, desc="pix2pix", unit="step")
