@@ -48,6 +48,7 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
     for micrograph in micrographs:
         started = time.perf_counter()
         try:
+            estimate_missing_scale(micrograph, getattr(segmenter, "sample", None))
             instances = segmenter.predict(micrograph)
             table = particle_table(instances, micrograph)
             labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
@@ -65,6 +66,22 @@ def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | Non
                                   "objects": int(len(table)),
                                   "seconds": time.perf_counter() - started})
     return summary
+
+
+def estimate_missing_scale(micrograph: Any, sample: Any) -> None:
+    """Give an uncalibrated micrograph the pixel size ``run`` would estimate for it.
+
+    The rule of the loop: the micrograph's typical object against the expected size of the
+    model's ``sample`` (:func:`emcopilot.morphology.estimate_pixel_size_nm`); its
+    ``pixel_size_source`` becomes ``estimated``. Nothing changes for a calibrated micrograph
+    or a model without a sample.
+    """
+    if micrograph.pixel_size_nm is not None or sample is None or not getattr(sample, "diameter_nm", None):
+        return
+    from .morphology import estimate_pixel_size_nm
+
+    micrograph.pixel_size_nm = estimate_pixel_size_nm(micrograph, sample)
+    micrograph.metadata["pixel_size_source"] = "estimated"
 
 
 def _describe(error: Exception) -> str:

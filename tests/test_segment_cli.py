@@ -64,6 +64,25 @@ def test_segment_writes_outputs_that_evaluate_reads(model_dir, tmp_path, capsys)
     assert "pooled (1 images)" in capsys.readouterr().out
 
 
+
+def test_an_uncalibrated_image_gets_the_scale_run_would_estimate(model_dir, tmp_path):
+    import imageio.v3 as iio
+    import pandas as pd
+    from emcopilot.io import read_micrograph
+    from emcopilot.morphology import estimate_pixel_size_nm
+
+    image, _ = _disks(seed=1)
+    iio.imwrite(tmp_path / "a.png", np.clip(image, 0, 255).astype(np.uint8))
+    sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
+    expected = estimate_pixel_size_nm(read_micrograph(tmp_path / "a.png")[0], sample)  # run's rule
+    out = tmp_path / "out"
+    assert main(["segment", "--model", str(model_dir), "--input", str(tmp_path / "a.png"), "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(out / "particles.csv")
+    assert len(table) and (table["pixel_size_source"] == "estimated").all()
+    assert np.allclose(table["pixel_size_nm"], expected) and 0.06 < expected < 0.14  # 12 px disks of ~1.1 nm
+    assert np.allclose(table["eq_diameter_nm"], table["eq_diameter_px"] * expected)
+
 def test_segment_refuses_pickled_or_foreign_models(model_dir, tmp_path, capsys):
     (model_dir / "model.safetensors").unlink()
     (model_dir / "config.json").unlink()
