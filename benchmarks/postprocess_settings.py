@@ -44,7 +44,7 @@ from closed_loop import SETS, select_images  # noqa: E402
 def maps_of_run(data: Path, name: str, work: Path, flips: int | None, cache: Path | None = None) -> list[dict]:
     """Each image of the set with the run's model's maps at the run's pixel size (kept in, and
     read back from, ``cache/<set>/<image>.npy`` when a cache folder is given)."""
-    from emcopilot.cli.segment import load_model
+    from emcopilot.models import load_model
     from emcopilot.evaluate import read_yolo_truth
     from emcopilot.io import read_micrograph
     from emcopilot.scale import plan_scaling, to_working

@@ -54,7 +54,7 @@ def trained_unet(sample, steps: int, device: str, seed: int):
 
 def contenders(args, sample) -> dict:
     """name -> segmenter-like object with ``predict`` (or the reason it is missing)."""
-    from emcopilot.cli.segment import load_model
+    from emcopilot.models import load_model
     from emcopilot.plugins import get_registry
 
     found: dict = {}

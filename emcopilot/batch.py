@@ -23,7 +23,7 @@ def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] |
     """The segmenter of ``model_dir`` (with ``params`` overriding its own), loaded once per process."""
     key = (str(Path(model_dir).resolve()), device, json.dumps(params or {}, sort_keys=True))
     if key not in _MODELS:
-        from .cli.segment import load_model
+        from .models import load_model
         _MODELS[key] = load_model(Path(model_dir), device, params=params)
     return _MODELS[key]
 

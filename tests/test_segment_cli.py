@@ -124,7 +124,7 @@ def test_a_broken_model_config_is_one_line_naming_the_file(model_dir, tmp_path, 
 
 
 def test_a_model_saved_with_the_old_sample_key_still_loads(model_dir):
-    from emcopilot.cli.segment import load_model
+    from emcopilot.models import load_model
     config = json.loads((model_dir / "config.json").read_text())
     config["sample"]["pixel_size_nm"] = config["sample"].pop("working_pixel_size_nm")
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -137,7 +137,7 @@ def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     if "classical" not in registry.components["prior_extractor"]:
         pytest.skip("the classical prior extractor is not installed")
     from emcopilot import Micrograph
-    from emcopilot.cli.segment import load_model
+    from emcopilot.models import load_model
 
     sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     segmenter = registry.get("segmenter", "classical").create({}, sample)
