@@ -157,15 +157,58 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;col
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
 img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:8px}.grid img{width:260px}
 table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.warning{background:#fff4d6;border:1px solid #e0b44c;border-radius:4px;padding:.6em 1em;margin:.6em 0}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}"""
+
+
+#: a size distribution whose median lies within this factor of an end of the recipe's diameter_nm
+#: range is said to sit at the edge of it
+RANGE_EDGE_FACTOR = 1.2
+
+
+def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
+                 calibration: Mapping[str, Mapping[str, Any]], diameter_nm: Sequence[float],
+                 planned_steps: Mapping[str, int]) -> list[str]:
+    """What a reader of the report must know before quoting its numbers, each with its fix.
+
+    Training cut short by ``max_minutes`` (steps done of planned), images where nothing was found,
+    images whose scale was estimated, and a size distribution at an edge of the recipe's range.
+    """
+    warnings = []
+    for stage, history in histories.items():
+        if history and history.get("stopped_early"):
+            done = history.get("steps", len(history.get("step", [])))
+            warnings.append(f"The {stage} trained {done} of {planned_steps.get(stage, '?')} planned steps "
+                            f"({history['stopped_early']}): results are those of a shorter training. Give "
+                            f"more time with --max-minutes, or run on a GPU (--profile full).")
+    empty = [name for name, stats in statistics.get("per_image", {}).items() if not stats.get("detected")]
+    if empty:
+        warnings.append(f"No objects were found in {len(empty)} image(s): {', '.join(empty[:10])}"
+                        f"{' ...' if len(empty) > 10 else ''}. Check that they show the recipe's material "
+                        f"system and scale, or that their pixel size is right.")
+    estimated = [name for name, entry in calibration.items() if entry.get("source") == "estimated"]
+    if estimated:
+        warnings.append(f"The pixel size of {len(estimated)} image(s) was estimated, not read: their sizes in nm "
+                        f"restate the recipe's expected diameters ({diameter_nm[0]:g}-{diameter_nm[1]:g} nm) more "
+                        f"than they measure the sample. Give --pixel-size-nm or --calibration table.csv.")
+    median = statistics.get("pooled", {}).get("median")
+    if statistics.get("unit") == "nm" and median and len(diameter_nm) == 2:
+        low, high = (float(v) for v in diameter_nm)
+        if median < low * RANGE_EDGE_FACTOR or median > high / RANGE_EDGE_FACTOR:
+            warnings.append(f"The median diameter, {median:.3g} nm, is at the edge of the recipe's range "
+                            f"({low:g}-{high:g} nm): the sample may lie outside what the recipe was made for. "
+                            f"Choose a recipe whose diameter_nm covers it, or check the pixel size.")
+    return warnings
 
 
 def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], instances: Sequence[Instances],
                  table, statistics: Mapping[str, Any], run_info: Mapping[str, Any],
                  synthetic: Sequence[np.ndarray] = (), histories: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> Path:
-    """Write the report; returns its path."""
+                 metrics: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
+                 warnings: Sequence[str] = ()) -> Path:
+    """Write the report; returns its path. ``warnings`` are shown first, each in a box."""
     sections = [f"<h1>{html.escape(title)}</h1>"]
+    sections += [f"<div class='warning' role='alert'>{html.escape(text)}</div>" for text in warnings]
     sections += [f"<p>{html.escape(note)}</p>" for note in notes]
     pooled = statistics.get("pooled", {})
     unit = statistics.get("unit", "px")

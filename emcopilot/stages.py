@@ -300,10 +300,15 @@ class LoopState:
         images, _ = self.load_synthetic(self.final_round)
         histories = {stage: read_json(self.stage_dir(stage, self.final_round) / "history.json")
                      for stage in ("generator", "segmenter")}
+        from .report import run_warnings
+        warnings = run_warnings(histories=histories, statistics=result.statistics,
+                                calibration=self.loop.calibration, diameter_nm=self.sample.diameter_nm,
+                                planned_steps={stage: int(self.loop.profile[f"{stage}_steps"])
+                                               for stage in histories})
         write_report(self.run.root / "report.html", title=title, micrographs=self.micrographs,
                      instances=self.predictions, table=result.table, statistics=result.statistics,
                      run_info=result.run_info, synthetic=list(images[:4]), histories=histories,
-                     metrics=result.run_info.get("metrics"), notes=notes)
+                     metrics=result.run_info.get("metrics"), notes=notes, warnings=warnings)
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -85,3 +85,31 @@ def test_report_renders_in_headless_browser(tmp_path):
     import imageio.v3 as iio
     pixels = iio.imread(shot)
     assert pixels.std() > 20  # figures drawn, not an empty white page
+
+
+def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
+    from emcopilot.report import run_warnings
+
+    statistics = {"unit": "nm", "pooled": {"median": 1.6},
+                  "per_image": {"a.tif": {"detected": 12}, "b.tif": {"detected": 0}}}
+    warnings = run_warnings(
+        histories={"segmenter": {"steps": 530, "stopped_early": "max_minutes 7 reached after step 530"},
+                   "generator": {}},
+        statistics=statistics, calibration={"a.tif": {"source": "file"}, "b.tif": {"source": "estimated"}},
+        diameter_nm=(1.5, 10.0), planned_steps={"segmenter": 800, "generator": 0})
+    text = "\n".join(warnings)
+    assert len(warnings) == 4, text
+    assert "segmenter trained 530 of 800 planned steps" in text and "--max-minutes" in text
+    assert "No objects were found in 1 image(s): b.tif" in text
+    assert "pixel size of 1 image(s) was estimated" in text and "--pixel-size-nm" in text
+    assert "1.6 nm, is at the edge of the recipe's range (1.5-10 nm)" in text
+    calm = dict(statistics, pooled={"median": 4.0}, per_image={"a.tif": {"detected": 12}})
+    assert run_warnings(histories={"segmenter": {"steps": 800}}, statistics=calm,
+                        calibration={"a.tif": {"source": "file"}}, diameter_nm=(1.5, 10.0),
+                        planned_steps={"segmenter": 800}) == []
+    micrograph = Micrograph(np.zeros((8, 8)), pixel_size_nm=0.2, name="a.tif")
+    page = write_report(tmp_path / "r.html", title="t", micrographs=[micrograph], instances=[Instances(
+        labels=np.zeros((8, 8), np.int32))], table=pd.DataFrame(columns=["image", "eq_diameter_nm", "touches_edge"]),
+        statistics={"pooled": {}, "per_image": {}, "unit": "nm", "diameter": "eq_diameter_nm"}, run_info={},
+        warnings=["careful <here>"]).read_text()
+    assert "<div class='warning' role='alert'>careful &lt;here&gt;</div>" in page
