@@ -184,10 +184,6 @@ class Loop:
     def notes(self, errors) -> list[str]:
         notes = [f"Recipe {self.recipe.name!r}, profile {self.profile_name!r}, "
                  f"{self.recipe.train['rounds']} round(s), seed {self.seed}."]
-        estimated = [name for name, c in self.calibration.items() if c.get("source") == "estimated"]
-        if estimated:
-            notes.append(f"{len(estimated)} image(s) had no calibration; their pixel size was estimated from the "
-                         "priors against the recipe's expected particle sizes (see run.json, 'calibration').")
         if errors:
             notes.append(f"{len(errors)} input(s) could not be read; see errors.csv.")
         return notes
