@@ -1,6 +1,6 @@
 """Segmenting many files: one task per input file, serially or on a Dask cluster.
 
-Each task reads one file, segments every frame, writes ``masks/<image>.tif``
+Each task reads one file (or takes one in-memory image, :mod:`emcopilot.inputs`), segments every frame, writes ``masks/<image>.tif``
 and ``parts/<image>.parquet`` (its rows of the particle table) and returns a
 small summary; a failure is recorded for that file only and the batch goes
 on. At the end the parts are merged, in input order, into ``particles.csv``
@@ -14,7 +14,10 @@ import json
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from .inputs import Input
 
 _MODELS: dict[tuple[str, str | None, str], Any] = {}
 
@@ -28,19 +31,22 @@ def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] |
     return _MODELS[key]
 
 
-def segment_file(path: str, model_dir: str, out: str, pixel_size_nm: float | None = None,
+def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm: float | None = None,
                  device: str | None = None, params: Mapping[str, Any] | None = None,
                  calibration: Any = None, name: str | None = None) -> dict[str, Any]:
-    """Segment one input file; never raises for a bad file (the error is returned)."""
-    from .io import read_micrograph
+    """Segment one input (a file's path, named ``name``, or an :class:`~emcopilot.inputs.Input`);
+    never raises for a bad input (the error is returned)."""
+    from .inputs import Input
     from .measure import mask_file_name, particle_table
     from .rundir import atomic_path, write_label_tiff
     import numpy as np
 
+    item = source if isinstance(source, Input) else Input(name or Path(source).name, path=Path(source))
+    path = item.label
     out_dir = Path(out)
     summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
     try:
-        micrographs = read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=name)
+        micrographs = item.read(pixel_size_nm, calibration)
         segmenter = cached_model(model_dir, device, params)
     except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
         summary["errors"].append((path, _describe(error)))
@@ -92,6 +98,11 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error} (at {Path(where.filename).name}:{where.lineno})"
 
 
+def _key(name: str) -> str:
+    """A Dask task key's part from an image name (no path separators or spaces)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[-64:]
+
+
 def _set_worker_threads() -> None:
     import os
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -102,18 +113,19 @@ def _set_worker_threads() -> None:
         pass
 
 
-def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
+def run_batch(paths: "Sequence[Path | Input]", model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
               progress: bool = True, params: Mapping[str, Any] | None = None,
               calibration: Any = None) -> list[dict[str, Any]]:
-    """Run :func:`segment_file` over ``paths``; summaries come back in input order. ``calibration`` is
-    an :class:`emcopilot.calibration.CalibrationTable` of per-file pixel sizes."""
-    from tqdm import tqdm
+    """Run :func:`segment_file` over ``paths`` (files, or :class:`~emcopilot.inputs.Input` items from
+    :func:`~emcopilot.inputs.gather`); summaries come back in input order. ``calibration`` is an
+    :class:`emcopilot.calibration.CalibrationTable` of per-file pixel sizes."""
+    from tqdm.auto import tqdm
 
-    from .io import input_names
+    from .inputs import Input, gather
     params = dict(params) if params else None
-    arguments = [(str(path), str(model_dir), str(out), pixel_size_nm, device, params, calibration, name)
-                 for path, name in zip(paths, input_names(paths))]
+    items = list(paths) if all(isinstance(p, Input) for p in paths) else gather(paths)
+    arguments = [(item, str(model_dir), str(out), pixel_size_nm, device, params, calibration) for item in items]
     if not workers and not scheduler:
         return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed
@@ -126,7 +138,7 @@ def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_n
         client = Client(cluster)
     try:
         client.run(_set_worker_threads)
-        futures = [client.submit(segment_file, *a, key=f"segment-{index}-{Path(a[0]).name}", pure=False)
+        futures = [client.submit(segment_file, *a, key=f"segment-{index}-{_key(a[0].name)}", pure=False)
                    for index, a in enumerate(arguments)]
         order = {future.key: index for index, future in enumerate(futures)}
         results: list[dict[str, Any] | None] = [None] * len(futures)
@@ -135,8 +147,8 @@ def run_batch(paths: Sequence[Path], model_dir: Path, out: Path, *, pixel_size_n
             try:
                 results[index] = future.result()
             except Exception as error:  # a worker died: record it, keep going
-                results[index] = {"path": arguments[index][0], "images": [],
-                                  "errors": [(arguments[index][0], f"worker failed: {_describe(error)}")]}
+                label = arguments[index][0].label
+                results[index] = {"path": label, "images": [], "errors": [(label, f"worker failed: {_describe(error)}")]}
         return results  # type: ignore[return-value]
     finally:
         client.close()

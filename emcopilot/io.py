@@ -289,13 +289,23 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
     if name is not None and name != path.name:
         for micrograph in micrographs:
             micrograph.name = name + micrograph.name[len(path.name):]
+    apply_pixel_size(micrographs, pixel_size_nm, calibration, path, label)
+    return micrographs
+
+
+def apply_pixel_size(micrographs: Sequence[Micrograph], pixel_size_nm: float | None,
+                     calibration: "CalibrationTable | None", key: str | os.PathLike, label: str) -> None:
+    """The precedence of :func:`read_micrograph`, in place: an entry for ``key`` (a path or an image
+    name) in the ``calibration`` table wins over ``pixel_size_nm``, which wins over the micrographs'
+    own calibration. ``metadata["pixel_size_source"]`` records which applied: ``file`` (their own),
+    ``--pixel-size-nm`` or ``calibration table``."""
     source = "--pixel-size-nm"
-    table_entry = calibration.pixel_size_for(path) if calibration is not None else None
+    table_entry = calibration.pixel_size_for(key) if calibration is not None else None
     if table_entry is not None:
         pixel_size_nm, source = table_entry, "calibration table"
     for micrograph in micrographs:
         if micrograph.pixel_size_nm is not None:
-            micrograph.metadata["pixel_size_source"] = "file"
+            micrograph.metadata.setdefault("pixel_size_source", "file")
     if pixel_size_nm is not None:
         for micrograph in micrographs:
             micrograph.metadata["file_pixel_size_nm"] = micrograph.pixel_size_nm
@@ -305,7 +315,6 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
                 micrograph.pixel_size_nm = Micrograph(micrograph.data[:2, :2], pixel_size_nm).pixel_size_nm
             except InputError as error:
                 raise ReadError(f"{label}: {source}: {error}") from None
-    return micrographs
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:

@@ -25,16 +25,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 
 from . import __version__
 from .errors import EmcopilotError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
-from .io import expand_inputs, input_names, read_micrograph
+from .inputs import gather
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
-from .rundir import RunDirectory, digest, environment, sha256_file, write_errors, write_json
+from .rundir import RunDirectory, digest, environment, write_errors, write_json
 
 if TYPE_CHECKING:
     from .calibration import CalibrationTable
@@ -63,7 +63,7 @@ class RunResult:
 class Loop:
     """One run of a recipe on a set of micrographs."""
 
-    def __init__(self, recipe: Recipe, inputs: Sequence[str | Path], out: Path, *,
+    def __init__(self, recipe: Recipe, inputs: Any, out: Path, *,
                  profile: str | None = None, pixel_size_nm: float | None = None,
                  force: str | None = None, device: str = "auto", progress: bool = True,
                  max_minutes: float | None = None, calibration: "CalibrationTable | None" = None,
@@ -71,7 +71,7 @@ class Loop:
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
-        self.inputs = [Path(p) for p in inputs]
+        self.inputs = inputs  # anything emcopilot.inputs.gather takes: paths, folders, arrays, signals
         self.recursive = recursive
         self.out = Path(out)
         self.profile_name = profile or recipe.train["profile"]
@@ -140,23 +140,22 @@ class Loop:
 
     # ----------------------------------------------------------------- inputs
 
-    def read_inputs(self, run: RunDirectory) -> tuple[list[Micrograph], list[tuple[str, str]], dict[str, str]]:
-        micrographs, errors, hashes = [], [], {}
-        paths = expand_inputs(self.inputs, recursive=self.recursive)
-        for path, name in zip(paths, input_names(paths)):
+    def read_inputs(self, run: RunDirectory) -> tuple[list[Micrograph], list[tuple[str, str]], list[dict[str, Any]]]:
+        """The micrographs, the inputs that could not be read, and a ``run.json`` record of each input read."""
+        micrographs, errors, records = [], [], []
+        for item in gather(self.inputs, recursive=self.recursive):
             try:
-                frames = read_micrograph(path, pixel_size_nm=self.pixel_size_override,
-                                         calibration=self.calibration_table, name=name)
-                hashes[str(path)] = sha256_file(path)
+                frames = item.read(self.pixel_size_override, self.calibration_table)
+                records.append(item.record())
             except ReadError as error:
                 log.warning("%s", error)
-                errors.append((str(path), str(error)))
+                errors.append((item.label, str(error)))
                 continue
             micrographs += frames
         write_errors(run.root / "errors.csv", errors)
         if not micrographs:
             raise EmcopilotError(f"none of the {len(errors)} inputs could be read; see {run.root / 'errors.csv'}")
-        return micrographs, errors, hashes
+        return micrographs, errors, records
 
     # ----------------------------------------------------------------- run
 
@@ -164,8 +163,10 @@ class Loop:
         from . import stages
         started = time.perf_counter()
         with RunDirectory(self.out) as run:
-            micrographs, errors, hashes = self.read_inputs(run)
-            contents = sorted((Path(path).name, sha) for path, sha in hashes.items())  # not where they are
+            micrographs, errors, records = self.read_inputs(run)
+            # what they hold, not where they are
+            contents = sorted((Path(r["path"]).name if r["path"] else f"{r['name']} ({r['kind']})", r["sha256"])
+                              for r in records)
             given = {m.name: m.pixel_size_nm for m in micrographs
                      if m.metadata.get("pixel_size_source") == "calibration table"}
             override = [self.pixel_size_override, given] if given else self.pixel_size_override
@@ -174,10 +175,10 @@ class Loop:
             state = stages.LoopState(self, run, micrographs)
             for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
                 state.run_round(round_index, base)
-            result = state.finish(errors, hashes)
+            result = state.finish(errors)
             self.timings["total"] = round(time.perf_counter() - started, 3)
             result.timings = dict(self.timings)
-            result.run_info = self.write_run_json(run, result, hashes, errors)
+            result.run_info = self.write_run_json(run, result, records, errors)
             state.report(result, title=f"emcopilot run: {self.recipe.name}", notes=self.notes(errors))
             return result
 
@@ -188,7 +189,7 @@ class Loop:
             notes.append(f"{len(errors)} input(s) could not be read; see errors.csv.")
         return notes
 
-    def write_run_json(self, run: RunDirectory, result: RunResult, hashes: dict[str, str],
+    def write_run_json(self, run: RunDirectory, result: RunResult, records: list[dict[str, Any]],
                        errors: list[tuple[str, str]]) -> dict[str, Any]:
         info = {
             "emcopilot": __version__,
@@ -198,7 +199,7 @@ class Loop:
             "plugins": self.plugin_versions(),
             "environment": environment(),
             "seeds": {"train": self.seed},
-            "inputs": [{"path": path, "sha256": sha} for path, sha in hashes.items()],
+            "inputs": records,
             "calibration": self.calibration,
             "errors": [{"path": path, "error": message} for path, message in errors],
             "stage_keys": self.keys,

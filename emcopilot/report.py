@@ -1,7 +1,8 @@
 """``report.html``: one self-contained file a microscopist can check by eye.
 
-Figures are drawn with matplotlib (Agg) and embedded as base64 PNG; the page
-has no scripts and loads nothing from the network.
+Figures are drawn with matplotlib on figures of their own (pyplot's backend is left alone, so a
+notebook's inline plots keep working) and embedded as base64 PNG; the page has no scripts and
+loads nothing from the network.
 """
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ OVERLAY_PX = 640
 
 
 def _figure_png(fig) -> str:
-    import matplotlib.pyplot as plt
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -39,13 +38,12 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 
 def overlay_figure(micrograph: Micrograph, instances: Instances) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from skimage.segmentation import find_boundaries
     step = max(1, int(np.ceil(max(micrograph.shape) / OVERLAY_PX)))  # downsample big frames
     image = _display(micrograph.data[::step, ::step])
-    fig, axis = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    axis = fig.subplots()
     axis.imshow(image, cmap="gray")
     if instances.labels is not None and instances.labels.any():
         edges = find_boundaries(instances.labels, mode="inner")[::step, ::step]
@@ -61,20 +59,18 @@ def overlay_figure(micrograph: Micrograph, instances: Instances) -> str:
     return _figure_png(fig)
 
 
-def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_size_distribution(axis, table, statistics: Mapping[str, Any]) -> bool:
+    """Draw the size histogram (edge-touching objects excluded), its lognormal fit and the mean's
+    95 % interval on a matplotlib ``axis``; ``False`` (nothing drawn) with fewer than 2 sizes."""
     column, unit = statistics["diameter"], statistics["unit"]
     if not len(table) or column not in table:
-        return None
+        return False
     inside = table[~table["touches_edge"].astype(bool)]
     diameters = inside[column].to_numpy(float)
     diameters = diameters[np.isfinite(diameters) & (diameters > 0)]
     if len(diameters) < 2:
-        return None
+        return False
     pooled = statistics["pooled"]
-    fig, axis = plt.subplots(figsize=(6, 3.6))
     axis.hist(diameters, bins=min(40, max(8, len(diameters) // 5)), density=True, color="#7a9cc6",
               edgecolor="white", label=f"n = {len(diameters)} (edge-touching excluded)")
     fit = pooled.get("lognormal")
@@ -88,17 +84,25 @@ def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
     axis.set_xlabel(f"equivalent diameter ({unit})")
     axis.set_ylabel("density")
     axis.legend(fontsize=8)
+    return True
+
+
+def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6, 3.6))
+    axis = fig.subplots()
+    if not plot_size_distribution(axis, table, statistics):
+        return None
     return _figure_png(fig)
 
 
 def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray]) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     count = min(4, len(real), len(synthetic))
     if count == 0:
         return None
-    fig, axes = plt.subplots(2, count, figsize=(2.4 * count, 5), squeeze=False)
+    fig = Figure(figsize=(2.4 * count, 5))
+    axes = fig.subplots(2, count, squeeze=False)
     for column in range(count):
         for row, (images, title) in enumerate(((real, "real"), (synthetic, "synthetic"))):
             axes[row, column].imshow(_display(images[column]), cmap="gray")
@@ -119,14 +123,13 @@ def _series(history: Mapping[str, Any]) -> tuple[list | None, dict[str, list]]:
 
 
 def curves_figure(histories: Mapping[str, Mapping[str, Any]]) -> str | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     panels = {stage: _series(history or {}) for stage, history in histories.items()}
     panels = {stage: panel for stage, panel in panels.items() if panel[1]}
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2), squeeze=False)
+    fig = Figure(figsize=(5 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for axis, (stage, (steps, curves)) in zip(axes[0], panels.items()):
         for name, values in curves.items():
             axis.plot(steps if steps is not None else range(len(values)), values, label=name)

@@ -41,7 +41,7 @@ def _load_instances(path: Path) -> Instances:
 
 
 def _progress(items, description: str, enabled: bool):
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
     return tqdm(items, desc=description, disable=not enabled, leave=False)
 
 
@@ -281,7 +281,7 @@ class LoopState:
 
     # ------------------------------------------------------------ outputs
 
-    def finish(self, errors, hashes):
+    def finish(self, errors):
         from .loop import RunResult
         from .measure import write_outputs
         from .statistics import size_statistics

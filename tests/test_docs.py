@@ -31,3 +31,21 @@ def test_readme_recipe_examples_validate(tmp_path):
         path = tmp_path / f"example{index}.yaml"
         path.write_text(block)
         load_recipe(str(path))  # raises with file:line: key on any mistake
+
+
+def test_the_python_api_page_runs(tmp_path, monkeypatch):
+    """Every ```python block of docs/python-api.md, in order, in one namespace (as a notebook would)."""
+    import re
+
+    import matplotlib
+    import pytest
+    pytest.importorskip("torch")
+    pytest.importorskip("hyperspy")
+    matplotlib.use("Agg")
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "python-api.md").read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"docs/python-api.md block {index + 1}", "exec"), namespace)
+    assert namespace["later"].table.equals(namespace["result"].table)

@@ -9,10 +9,9 @@ Writes the particle table and masks (docs/particle-table.md): ``particles.csv``/
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from . import add_calibration_arguments, add_input_arguments, read_calibration_arguments
 
@@ -57,10 +56,10 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 
 def run(args) -> int:
+    from ..api import segment
     from ..batch import cached_model
     from ..errors import InputError
     from ..io import expand_inputs
-    from ..rundir import RunDirectory, refuse_run_folder
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
@@ -71,48 +70,16 @@ def run(args) -> int:
     if not paths:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
-    refuse_run_folder(args.out, "segment")
-    with RunDirectory(args.out):  # one command at a time per --out
-        return _segment(args, paths, overrides, pixel_size_nm, calibration, started)
-
-
-def _segment(args, paths, overrides, pixel_size_nm, calibration, started) -> int:
-    from ..batch import merge_parts, run_batch
-    from ..measure import mask_file_name
-    from ..rundir import environment, input_sha256s, remove_stale_outputs, write_errors, write_json
-
-    summaries = run_batch(paths, args.model, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
-                          device=args.device,
-                          workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
-                          params=overrides)
-    table = merge_parts(args.out, summaries)
-    images = [image for summary in summaries for image in summary["images"]]
-    remove_stale_outputs(args.out, [mask_file_name(image["name"]) for image in images],
-                         [Path(image["part"]).name for image in images])
-    errors = [error for summary in summaries for error in summary["errors"]]
-    write_errors(args.out / "errors.csv", errors)
+    result = segment(args.model, paths, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
+                     device=args.device, params=overrides, workers=args.workers, scheduler=args.scheduler,
+                     progress=not args.no_progress)
     seconds = time.perf_counter() - started
-    megapixels = sum(image["shape"][0] * image["shape"][1] for image in images) / 1e6
-    write_json(args.out / "run.json", {
-        "command": "segment", "model": str(args.model),
-        "model_config": json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8")),
-        "param_overrides": overrides,
-        "execution": {"workers": args.workers, "scheduler": args.scheduler},
-        "inputs": input_sha256s(paths),
-        "calibration": calibration.as_dict() if calibration is not None else None,
-        "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "pixel_size_source", "objects",
-                                                          "seconds")}
-                   for image in images},
-        "errors": [{"input": name, "error": message} for name, message in errors],
-        "timings": {"total_s": seconds, "images_per_s": len(images) / seconds if seconds else None,
-                    "megapixels_per_s": megapixels / seconds if seconds else None},
-        "environment": environment()})
-    print(f"{len(images)} micrograph(s), {len(table)} objects -> {args.out / 'particles.csv'} "
-          f"({len(images) / seconds:.2f} images/s)")
-    if errors:
-        print(f"{len(errors)} input(s) failed; listed in {args.out / 'errors.csv'}")
-        for name, message in errors[:10]:
+    count = len(result.images)
+    print(f"{count} micrograph(s), {len(result.table)} objects -> {args.out / 'particles.csv'} "
+          f"({count / seconds:.2f} images/s)")
+    if result.errors:
+        print(f"{len(result.errors)} input(s) failed; listed in {args.out / 'errors.csv'}")
+        for name, message in result.errors[:10]:
             print(f"  {name}: {message}")
         return 3
     return 0
-
