@@ -250,14 +250,16 @@ def _pixel_size(pixel_size_nm: float | None) -> float | None:
 def run(recipe: Any, images: Any, out: str | Path | None = None, *, profile: str | None = None,
         pixel_size_nm: float | None = None, calibration: Any = None, max_minutes: float | None = None,
         force: str | None = None, device: str = "auto", progress: bool = True,
-        recursive: bool = False) -> Result:
+        recursive: bool = False, priors_from: str | Path | None = None) -> Result:
     """The closed loop on unlabelled ``images``, as ``emcopilot run``: extract priors, learn their
     contrast, synthesise labelled micrographs, train a segmenter, measure the images.
 
     ``recipe`` is a built-in recipe's name, a YAML path or a :class:`~emcopilot.recipe.Recipe`.
     ``pixel_size_nm`` is the scale of images without one (it overrides theirs, as the command's
     ``--pixel-size-nm``); ``calibration`` per-image pixel sizes (a CSV path or ``{name: nm}``),
-    which win over both. Re-running with the same ``out`` reuses the stages already done.
+    which win over both. ``priors_from`` is a folder of hand-corrected label images (named as
+    ``masks/``; :mod:`emcopilot.corrections`) that replace the extractor's priors of their
+    micrographs. Re-running with the same ``out`` reuses the stages already done.
     """
     from .loop import Loop
     from .recipe import Recipe, load_recipe
@@ -265,7 +267,7 @@ def run(recipe: Any, images: Any, out: str | Path | None = None, *, profile: str
     folder = _out(out, "run")
     loop_result = Loop(recipe, images, folder, profile=profile, pixel_size_nm=_pixel_size(pixel_size_nm),
                        calibration=_calibration(calibration), force=force, device=device, progress=progress,
-                       max_minutes=max_minutes, recursive=recursive).run()
+                       max_minutes=max_minutes, recursive=recursive, priors_from=priors_from).run()
     return Result(folder, table=loop_result.table, micrographs=loop_result.micrographs,
                   statistics=loop_result.statistics)
 

@@ -14,7 +14,8 @@ stage and everything after it.
 
 Round ``r > 1`` takes the segmenter's confident predictions on the real
 micrographs from round ``r − 1`` as its priors instead of the prior
-extractor's output. Confidence: an object is kept when its score (the
+extractor's output (a micrograph with hand-corrected priors, ``priors_from``
+and :mod:`emcopilot.corrections`, keeps them in every round). Confidence: an object is kept when its score (the
 segmenter's mean foreground probability over the object, ``Instances.scores``)
 is at least ``emcopilot.stages.CONFIDENT_SCORE`` (0.5) and it does not touch the frame edge (a cut
 object would teach wrong shapes and sizes).
@@ -67,7 +68,7 @@ class Loop:
                  profile: str | None = None, pixel_size_nm: float | None = None,
                  force: str | None = None, device: str = "auto", progress: bool = True,
                  max_minutes: float | None = None, calibration: "CalibrationTable | None" = None,
-                 recursive: bool = False):
+                 recursive: bool = False, priors_from: str | Path | None = None):
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
@@ -93,6 +94,9 @@ class Loop:
         self.keys: dict[str, str] = {}
         self.reused: list[str] = []
         self.calibration: dict[str, dict[str, Any]] = {}
+        self.priors_from = Path(priors_from) if priors_from is not None else None
+        self.corrections: dict[int, Path] = {}  # micrograph index -> its hand-corrected labels
+        self.priors_record: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- helpers
 
@@ -172,6 +176,13 @@ class Loop:
             override = [self.pixel_size_override, given] if given else self.pixel_size_override
             base = {"inputs": contents, "pixel_size_override": override,
                     "plugins": self.plugin_versions()}
+            from . import corrections
+            if self.priors_from is not None:
+                self.corrections = corrections.correction_files(self.priors_from, micrographs)
+            self.priors_record = corrections.record(self.priors_from, self.corrections, micrographs)
+            if self.corrections:  # the priors of round 1 are what the person drew
+                base["corrections"] = sorted((name, entry["sha256"])
+                                             for name, entry in self.priors_record["corrected"].items())
             state = stages.LoopState(self, run, micrographs)
             for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
                 state.run_round(round_index, base)
@@ -187,6 +198,9 @@ class Loop:
                  f"{self.recipe.train['rounds']} round(s), seed {self.seed}."]
         if errors:
             notes.append(f"{len(errors)} input(s) could not be read; see errors.csv.")
+        if self.corrections:
+            notes.append(f"Not label-free: the priors of {len(self.corrections)} micrograph(s) are hand-corrected "
+                         f"label images from {self.priors_from} (run.json: priors).")
         return notes
 
     def write_run_json(self, run: RunDirectory, result: RunResult, records: list[dict[str, Any]],
@@ -200,6 +214,7 @@ class Loop:
             "environment": environment(),
             "seeds": {"train": self.seed},
             "inputs": records,
+            "priors": self.priors_record,
             "calibration": self.calibration,
             "errors": [{"path": path, "error": message} for path, message in errors],
             "stage_keys": self.keys,

@@ -92,9 +92,11 @@ class LoopState:
         budget = lambda steps: {k: profile[k] for k in (steps, *training)}  # noqa: E731
         slot = lambda name: {"choice": recipe[name], "plugin": plugins[name]}  # noqa: E731
         if round_index == 1:
-            loop.stage(self.run, "extract", 1, {"inputs": base["inputs"], "sample": recipe["sample"],
-                                                 "pixel_size_override": base["pixel_size_override"],
-                                                 "prior_extractor": slot("prior_extractor")}, self.extract)
+            depends = {"inputs": base["inputs"], "sample": recipe["sample"],
+                       "pixel_size_override": base["pixel_size_override"], "prior_extractor": slot("prior_extractor")}
+            if "corrections" in base:
+                depends["corrections"] = base["corrections"]
+            loop.stage(self.run, "extract", 1, depends, self.extract)
         else:
             loop.stage(self.run, "extract", round_index, {"segment": loop.keys[f"segment@{round_index - 1}"]},
                        self.priors_from_predictions(round_index))
@@ -121,10 +123,15 @@ class LoopState:
     # ------------------------------------------------------------ extract
 
     def extract(self, directory: Path) -> None:
-        extractor = self.loop.component("prior_extractor")
+        from .corrections import read_correction
+        extractor = None  # built only for micrographs without a hand correction
         calibration = {}
         for index, micrograph in enumerate(_progress(self.micrographs, "extract priors", self.loop.progress)):
-            instances = extractor.extract(micrograph)
+            if index in self.loop.corrections:
+                instances = read_correction(self.loop.corrections[index], micrograph, self.sample.kind)
+            else:
+                extractor = extractor or self.loop.component("prior_extractor")
+                instances = extractor.extract(micrograph)
             _save_instances(directory / f"{index:05d}.npz", instances)
             calibration[micrograph.name] = self._calibration_of(micrograph, instances)
         write_json(directory / "calibration.json", calibration)
@@ -147,6 +154,9 @@ class LoopState:
             calibration = read_json(self.stage_dir("extract", round_index - 1) / "calibration.json")
             previous = self.stage_dir("extract", round_index - 1)
             for index, micrograph in enumerate(self.micrographs):
+                if index in self.loop.corrections:  # what a person drew stays the prior of its micrograph
+                    _save_instances(directory / f"{index:05d}.npz", _load_instances(previous / f"{index:05d}.npz"))
+                    continue
                 kept = confident(_load_instances(source / f"{index:05d}.npz"), micrograph.shape,
                                  CONFIDENT_SCORE)
                 if kept.count == 0:  # nothing confident: this image keeps its earlier priors

@@ -19,6 +19,10 @@ def add_parser(subparsers):
     parser.add_argument("--max-minutes", type=float, metavar="MIN",
                         help="wall-time budget of each training stage (overrides the profile's max_minutes); "
                              "training then anneals over the time it has instead of its step count")
+    parser.add_argument("--priors-from", type=Path, metavar="DIR",
+                        help="hand-corrected label images (named as masks/, e.g. saved by the napari widget into "
+                             "<run>/corrections/) to use as the priors of the micrographs they belong to, instead "
+                             "of the prior extractor's; the run is then no longer label-free and says so")
     parser.add_argument("--force", metavar="STAGE", help="redo this stage and all later ones")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -36,7 +40,7 @@ def run(args) -> int:
     result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=pixel_size_nm,
                   calibration=calibration,
                   force=args.force, device=args.device, progress=not args.no_progress,
-                  max_minutes=args.max_minutes, recursive=args.recursive).run()
+                  max_minutes=args.max_minutes, recursive=args.recursive, priors_from=args.priors_from).run()
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
     low, high = pooled.get("ci", {}).get("mean", (float("nan"), float("nan")))
