@@ -127,9 +127,10 @@ class Result:
             for micrograph in self.micrographs:
                 if micrograph.name == image:
                     return micrograph.pixel_size_nm
-        info = (self.run_info.get("images") or {}).get(image)
-        if info is not None:
-            return info.get("pixel_size_nm")
+        for where in ("images", "calibration"):  # extract/segment; run
+            info = (self.run_info.get(where) or {}).get(image)
+            if isinstance(info, Mapping):
+                return info.get("pixel_size_nm")
         rows = self.table[self.table["image"] == image] if "pixel_size_nm" in self.table else []
         return float(rows["pixel_size_nm"].iloc[0]) if len(rows) else None
 

@@ -3,7 +3,8 @@
 ``fake_registry`` builds a registry from in-test plugins only (entry-point
 discovery blocked), so core behaviour is tested without the built-ins.
 ``shared_data`` is the development data folder; tests using it skip when it
-is absent (for example on a machine without ../shared).
+is absent (for example on a machine without ../shared). Qt runs offscreen (the
+napari tests need no display).
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-from hypothesis import settings
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from emcopilot import Param, hookimpl
-from emcopilot.plugins import build_registry, use_registry
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from emcopilot import Param, hookimpl  # noqa: E402
+from emcopilot.plugins import build_registry, use_registry  # noqa: E402
 
 # Property tests draw the same examples on every run and machine, so a stochastic
 # physics tolerance cannot make CI flaky; set HYPOTHESIS_PROFILE=explore to search anew.
