@@ -127,9 +127,49 @@ class TrainBudget:
             done = max(done, elapsed_s / (60 * self.max_minutes))
         return min(done, 1.0)
 
+    def schedule(self) -> "TrainingSchedule":
+        """The clock a training loop anneals by (see :class:`TrainingSchedule`)."""
+        return TrainingSchedule(self)
+
     def progress_bar(self, description: str) -> "TrainingBar":
         """A progress bar for this budget (a silent one when ``progress`` is off)."""
         return TrainingBar(self, description)
+
+
+class TrainingSchedule:
+    """How far training is, 0..1, for its learning-rate schedule: by steps, so that a run is
+    repeatable bit for bit, unless ``max_minutes`` will bind.
+
+    The wall time enters only once the pace shows that the planned steps will not fit in the cap
+    (judged after :attr:`JUDGE_AFTER_STEPS` steps, or sooner when the cap is already
+    :attr:`JUDGE_AFTER_FRACTION` spent): from then on training anneals over the time it has, as
+    :meth:`TrainBudget.fraction_done` says. A machine fast enough for the planned steps thus trains
+    exactly the same network however loaded it is, instead of one whose schedule moved with the
+    clock. :attr:`by_time_from` is the step where the clock took over (``None``: never).
+    """
+
+    JUDGE_AFTER_STEPS = 20
+    JUDGE_AFTER_FRACTION = 0.05
+
+    def __init__(self, budget: TrainBudget):
+        self.budget = budget
+        self.by_time_from: int | None = None
+
+    def done(self, step: int, elapsed_s: float) -> float:
+        budget = self.budget
+        by_steps = min(step / max(1, budget.steps), 1.0)
+        if not budget.max_minutes:
+            return by_steps
+        cap_s = 60 * budget.max_minutes
+        if elapsed_s >= cap_s:
+            return 1.0
+        if self.by_time_from is None and step > 0 and (
+                step >= self.JUDGE_AFTER_STEPS or elapsed_s >= self.JUDGE_AFTER_FRACTION * cap_s) \
+                and elapsed_s / step * budget.steps > cap_s:
+            self.by_time_from = step
+        if self.by_time_from is None:
+            return by_steps
+        return budget.fraction_done(step, elapsed_s)
 
 
 class TrainingBar:

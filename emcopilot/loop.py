@@ -155,11 +155,28 @@ class Loop:
                 log.warning("%s", error)
                 errors.append((item.label, str(error)))
                 continue
-            micrographs += frames
+            for frame in frames:
+                problem = self._too_small(frame)
+                if problem:
+                    log.warning("%s", problem)
+                    errors.append((frame.name, problem))
+                else:
+                    micrographs.append(frame)
         write_errors(run.root / "errors.csv", errors)
         if not micrographs:
-            raise EmcopilotError(f"none of the {len(errors)} inputs could be read; see {run.root / 'errors.csv'}")
+            only = f": {errors[0][1]}" if len(errors) == 1 else ""
+            raise EmcopilotError(f"none of the {len(errors)} inputs could be used{only}; see {run.root / 'errors.csv'}")
         return micrographs, errors, records
+
+    def _too_small(self, micrograph: Micrograph) -> str | None:
+        """Why a calibrated micrograph is too small to learn from at the recipe's working scale, or ``None``."""
+        from .scale import MIN_WORKING_SIDE_PX, too_small_message, working_side_px
+        working = float(self.recipe.sample.working_pixel_size_nm)
+        if micrograph.pixel_size_nm is None or \
+                working_side_px(micrograph.shape, micrograph.pixel_size_nm, working) >= MIN_WORKING_SIDE_PX:
+            return None
+        return too_small_message(micrograph.name, micrograph.shape, micrograph.pixel_size_nm, working,
+                                 self.recipe.name)
 
     # ----------------------------------------------------------------- run
 

@@ -25,6 +25,45 @@ from .io import MAX_PIXELS
 #: micrograph's own pixel size.
 FACTOR_TOLERANCE = 0.03
 
+#: Least side, in working pixels, of a micrograph a recipe can learn from: what the imaging-condition
+#: estimators (noise blocks, spectra, scan-line statistics) need.
+MIN_WORKING_SIDE_PX = 64
+
+
+def working_side_px(shape: tuple[int, int], pixel_size_nm: float, working_pixel_size_nm: float) -> float:
+    """The shorter side of an image of ``shape`` at ``pixel_size_nm`` once resampled to the working scale."""
+    return min(shape) * pixel_size_nm / working_pixel_size_nm
+
+
+def too_small_message(name: str, shape: tuple[int, int], pixel_size_nm: float, working_pixel_size_nm: float,
+                      recipe_name: str | None = None) -> str:
+    """Why a micrograph is too small for a recipe's working scale, and the built-in recipes it fits."""
+    side = working_side_px(shape, pixel_size_nm, working_pixel_size_nm)
+    fits = recipes_that_fit(shape, pixel_size_nm)
+    which = f"recipe {recipe_name!r}" if recipe_name else "the recipe"
+    hint = (f"; recipes whose working scale fits it: {', '.join(fits)}" if fits else
+            "; no built-in recipe's working scale fits it (give a recipe a finer working_pixel_size_nm)")
+    return (f"{name}: {shape[1]}x{shape[0]} px at {pixel_size_nm:.4g} nm/px is {side:.0f} px across at the working "
+            f"scale of {which} ({working_pixel_size_nm:g} nm/px), which needs at least {MIN_WORKING_SIDE_PX}"
+            f"{hint}")
+
+
+def recipes_that_fit(shape: tuple[int, int], pixel_size_nm: float, limit: int = 3) -> list[str]:
+    """Named recipes at whose working scale an image is at least :data:`MIN_WORKING_SIDE_PX` across,
+    closest in scale to the image first, as ``name (working nm/px)``."""
+    import math
+
+    from .recipe import load_recipe, recipe_index
+    found = []
+    for name in recipe_index():
+        try:
+            working = float(load_recipe(name).sample.working_pixel_size_nm)
+        except Exception:  # noqa: BLE001 - a broken recipe is reported where it is used, not here
+            continue
+        if working_side_px(shape, pixel_size_nm, working) >= MIN_WORKING_SIDE_PX:
+            found.append((abs(math.log(working / pixel_size_nm)), f"{name} ({working:g} nm/px)"))
+    return [label for _, label in sorted(found)[:limit]]
+
 
 @dataclass(frozen=True)
 class Scaling:

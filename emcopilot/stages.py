@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EmcopilotError
+from .errors import EmcopilotError, InputError
 from .interfaces import Instances, Micrograph
 from .rundir import RunDirectory, atomic_path, read_json, write_json
 
@@ -209,8 +209,21 @@ class LoopState:
 
     def fit_adapter(self, round_index: int):
         def compute(directory: Path) -> None:
+            from .scale import MIN_WORKING_SIDE_PX, too_small_message
             adapter = self.loop.component("physics_adapter")
-            write_json(directory / "adapter.json", adapter.fit(self.working_images()))
+            images = self.working_images()
+            # an image whose scale was estimated can turn out too small to fit imaging conditions on;
+            # it is still measured, and the conditions come from the others
+            usable = [m for m in images if min(m.shape) >= MIN_WORKING_SIDE_PX]
+            for original, working in zip(self.micrographs, images):
+                if min(working.shape) < MIN_WORKING_SIDE_PX:
+                    message = too_small_message(original.name, original.shape, original.pixel_size_nm or self.working_px,
+                                                self.working_px, self.loop.recipe.name)
+                    if usable:
+                        log.warning("%s; imaging conditions are fitted on the other images", message)
+                    else:
+                        raise InputError(message)
+            write_json(directory / "adapter.json", adapter.fit(usable))
         return compute
 
     def fit_generator(self, round_index: int):

@@ -156,3 +156,17 @@ def test_plot_draws_the_size_distribution(experiment, tmp_path):
 def test_load_run_refuses_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(InputError, match="no run.json"):
         emcopilot.load_run(tmp_path)
+
+
+def test_a_frame_too_small_for_the_working_scale_is_an_error_naming_recipes_that_fit(experiment, tmp_path):
+    recipe, paths = experiment
+    working = load_recipe(recipe).sample.working_pixel_size_nm
+    # 200 px at a fifth of the working pixel size: 40 working pixels across, too few to learn from
+    tiny = Micrograph(np.random.default_rng(0).random((200, 200)).astype(np.float32), pixel_size_nm=working / 5,
+                      name="fine.tif")
+    result = emcopilot.run(recipe, [*paths, tiny], out=tmp_path / "out", progress=False)
+    assert set(result.table["image"]) <= {"demo_00.tif", "demo_01.tif"}
+    assert result.images == ["demo_00.tif", "demo_01.tif"]
+    [(name, message)] = result.errors
+    assert name == "fine.tif" and "is 40 px across" in message and "needs at least 64" in message
+    assert "recipes whose working scale fits it" in message

@@ -95,6 +95,26 @@ def test_clusters_are_compact_groups_of_atoms():
     assert gaps.min(axis=1).max() <= 0.277 + 1e-6
 
 
+def test_a_cluster_is_one_solid_region_and_neighbours_stay_apart():
+    from emcopilot.layout import cluster_outline, cluster_outlines
+
+    rows, cols = np.mgrid[:64, :64]
+    ring = np.zeros((64, 64), bool)  # six atoms round an empty centre, disks of half the spacing
+    for angle in np.arange(6) * np.pi / 3:
+        ring |= (rows - 32 - 7 * np.sin(angle)) ** 2 + (cols - 32 - 7 * np.cos(angle)) ** 2 <= 3.5 ** 2
+    outline = cluster_outline(ring, 3.5)
+    assert outline[32, 32] and not ring[32, 32] and (outline >= ring).all()
+    assert ndimage.label(outline)[1] == 1 and ndimage.binary_fill_holes(outline).sum() == outline.sum()
+    # one maximum of the distance map, not one per atom
+    edt = ndimage.distance_transform_edt(outline)
+    assert (edt == edt.max()).sum() <= 4 and edt[32, 32] == edt.max()
+    two = np.zeros((64, 64), np.int32)
+    two[10:20, 10:14], two[10:20, 16:20] = 1, 2  # two clusters 2 px apart are closed each on its own
+    closed = cluster_outlines(two, 3.5)
+    assert set(np.unique(closed)) == {0, 1, 2} and (closed[two > 0] == two[two > 0]).all()
+    assert not (closed[:, 14:16] > 0).any()
+
+
 def test_support_holes_and_same_seed_same_layout():
     spec = LayoutSpec("particles", 2.0, 0.2, 0.02, support_coverage=0.6)
     first = sample_layout(spec, (256, 256), 0.1, np.random.default_rng(9))

@@ -92,6 +92,51 @@ def test_learns_toy_atoms():
     assert match(prediction, Instances(points=points), radius_px=3).summary()["f1"] > 0.9
 
 
+def toy_clusters(seed: int, size: int = 96, count: int = 6):
+    """Groups of 3-8 Gaussian atoms (sigma 1.2 px, 5 px apart) on a noisy background; labels are the closed
+    outlines of atom disks of half the atom spacing, as the layout sampler draws clusters."""
+    from emcopilot.layout import cluster_outline
+
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    image = np.zeros((size, size))
+    for _ in range(count * 10):
+        centre = rng.uniform(12, size - 12, 2)
+        atoms = [centre]
+        while len(atoms) < rng.integers(3, 9):
+            step = rng.normal(size=2)
+            candidate = atoms[rng.integers(len(atoms))] + 5 * step / np.hypot(*step)
+            if all(np.hypot(*(candidate - a)) >= 4.5 for a in atoms):
+                atoms.append(candidate)
+        disks = np.zeros((size, size), bool)
+        for r, c in atoms:
+            disks |= (rows - r) ** 2 + (cols - c) ** 2 <= 2.5 ** 2
+        disks = cluster_outline(disks, 2.5)
+        grown = np.zeros_like(disks)
+        grown[1:-1, 1:-1] = disks[1:-1, 1:-1] | disks[:-2, 1:-1] | disks[2:, 1:-1] | disks[1:-1, :-2] | disks[1:-1, 2:]
+        if labels.max() == count or (labels[grown] > 0).any():
+            continue
+        labels[disks] = labels.max() + 1
+        image += sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.2 ** 2)) for r, c in atoms)
+    image = 10 + 6 * image + rng.normal(0, 1.0, image.shape)
+    return image.astype(np.float32), labels
+
+
+@pytest.mark.slow
+def test_clusters_are_outlined_one_object_each():
+    torch.set_num_threads(1)
+    clusters = Sample.from_dict({"kind": "clusters", "working_pixel_size_nm": 0.04, "diameter_nm": [0.2, 1.0]})
+    segmenter = unet(clusters)
+    assert segmenter.mode == "particles" and segmenter.outputs == ("foreground", "distance")
+    data = [toy_clusters(seed) for seed in range(4)]
+    segmenter.fit([d[0] for d in data], [Instances(labels=d[1]) for d in data], None, budget=BUDGET)
+    image, labels = toy_clusters(100)
+    prediction = segmenter.predict(Micrograph(image, pixel_size_nm=0.04))
+    assert prediction.points is None  # a cluster is a region, not a set of atom points
+    assert match(prediction, Instances(labels=labels), iou_threshold=0.5).summary()["f1"] > 0.8
+
+
 def test_tiled_and_untiled_agree_on_a_frame_that_fits_one_tile(particle_model):
     segmenter, _ = particle_model
     image, _ = toy_particles(7, size=128)
@@ -216,6 +261,19 @@ def test_a_wall_time_budget_stops_training_early_with_the_rate_annealed(monkeypa
     history = unet(PARTICLES, learning_rate=1e-3).fit([image], [Instances(labels=labels)], None, budget=budget)
     assert history["steps"] == len(rates) < 1000 and "max_minutes 1.0" in history["stopped_early"]
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.5e-3  # annealed by time, not by step count
+
+
+def test_a_cap_that_will_not_bind_leaves_the_schedule_to_the_steps():
+    # a slow first step (warm-up), then 0.1 s a step: the 100 steps fit well inside the minute, so
+    # the learning rate follows the steps exactly, as without a cap, however the clock jitters
+    fits = TrainBudget(steps=100, max_minutes=1.0).schedule()
+    assert [fits.done(s, 2.0 + 0.1 * s) for s in range(100)] == [s / 100 for s in range(100)]
+    assert fits.by_time_from is None
+    # 1 s a step: 100 steps would take 100 s; once the pace shows it, training anneals over the minute
+    slow = TrainBudget(steps=100, max_minutes=1.0).schedule()
+    done = [slow.done(s, 1.0 * s) for s in range(100)]
+    assert slow.by_time_from is not None and done[30] == 0.5 and done[99] == 1.0
+    assert done == sorted(done)
 
 
 def test_fit_names_bad_training_pairs():

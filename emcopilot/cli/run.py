@@ -18,7 +18,8 @@ def add_parser(subparsers):
     add_calibration_arguments(parser)
     parser.add_argument("--max-minutes", type=float, metavar="MIN",
                         help="wall-time budget of each training stage (overrides the profile's max_minutes); "
-                             "training then anneals over the time it has instead of its step count")
+                             "where the pace shows the planned steps will not fit, training anneals over the "
+                             "time it has instead of its step count")
     parser.add_argument("--priors-from", type=Path, metavar="DIR",
                         help="hand-corrected label images (named as masks/, e.g. saved by the napari widget into "
                              "<run>/corrections/) to use as the priors of the micrographs they belong to, instead "

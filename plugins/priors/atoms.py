@@ -14,7 +14,8 @@ a strongly uneven background, so detection is relative to the *local* noise:
    ``min_separation_nm`` apart (:func:`skimage.feature.peak_local_max`);
 5. output: the points, plus a small disk per atom (label ``k + 1`` for point
    ``k``); with ``group_clusters`` atoms closer than ``cluster_distance_nm``
-   are merged into one labelled cluster (the union of their disks) instead.
+   are merged into one labelled cluster instead: the union of their disks with the gaps
+   between neighbours closed (:func:`emcopilot.layout.cluster_outline`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from emcopilot.interfaces import Instances, Micrograph
+from emcopilot.layout import cluster_outlines
 from emcopilot.morphology import normalise_image
 
 from .scale import image_scale, is_bright
@@ -130,7 +132,7 @@ class AtomExtractor:
             labels = np.zeros(micrograph.shape, np.int32)
             atom_disks = disk_labels(peaks, disk_px, micrograph.shape)
             cluster_of = np.concatenate([[0], clusters + 1]).astype(np.int32)
-            labels = cluster_of[atom_disks]
+            labels = cluster_outlines(cluster_of[atom_disks], disk_px)
             metadata.update(clusters=int(clusters.max() + 1) if len(clusters) else 0,
                             atoms_per_cluster=np.bincount(clusters).tolist() if len(clusters) else [])
             return Instances(labels=labels, metadata=metadata)

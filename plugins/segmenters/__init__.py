@@ -9,7 +9,7 @@ from emcopilot import Param, hookimpl
 UNET_PARAMS = {
     "mode": Param("auto", str, choices=("auto", "particles", "atoms"),
                   help="particles: foreground + distance map -> watershed; atoms: heatmap -> peaks; "
-                       "auto: from sample.kind"),
+                       "auto: atoms for sample.kind 'atoms', else particles (clusters are outlined)"),
     "depth": Param(3, int, min=1, max=6, help="number of 2x poolings"),
     "width": Param(16, int, min=2, max=256, help="channels of the first level (doubling per level)"),
     "learning_rate": Param(2e-3, float, min=1e-6, max=1.0),
@@ -38,10 +38,12 @@ UNET_PARAMS = {
     "tile_batch": Param(8, int, min=1, max=1024, help="tiles per forward pass"),
     "device": Param("auto", str, help="auto (CUDA when available), cpu, cuda or cuda:N (inference)"),
     "foreground_threshold": Param(0.5, float, min=0.0, max=1.0, help="foreground probability of a particle pixel"),
-    "seed_dynamic": Param(0.2, float, min=0.0, max=1.0,
+    "seed_dynamic": Param(None, float, min=0.0, max=1.0,
                           help="least dynamic (depth to the saddle towards a higher maximum) of a maximum of the "
                                "normalised distance map that seeds a particle (h-maxima watershed markers; 0 with "
-                               "seed_threshold 0.7: fixed-level seeds)"),
+                               "seed_threshold 0.7: fixed-level seeds; 1: one object per connected region); "
+                               "default 0.2, and 1 for sample.kind 'clusters', whose distance map peaks at "
+                               "every atom"),
     "seed_threshold": Param(0.0, float, min=0.0, max=1.0,
                             help="least normalised distance of a seed (0: any maximum of enough dynamic)"),
     "grow_nm": Param(0.0, float, min=0.0, unit="nm",

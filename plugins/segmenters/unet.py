@@ -1,10 +1,12 @@
 """The ``unet`` segmenter: a small U-Net, its training, and tiled inference.
 
-Particle mode (``sample.kind == "particles"``): two outputs, foreground and a
-per-particle distance map normalised to 1 at the centre; instances by marker
-watershed from the distance map's maxima of enough dynamic (h-maxima). Atom
-mode (``"atoms"``, ``"clusters"``): one Gaussian heatmap per atom; peaks
-become points, small disks the labels, close atoms optionally one cluster.
+Particle mode (``sample.kind`` ``"particles"`` or ``"clusters"``): two outputs,
+foreground and a per-object distance map normalised to 1 at the centre;
+instances by marker watershed from the distance map's maxima of enough dynamic
+(h-maxima). A sub-nm cluster is measured by its outline like a particle (the
+union of its atoms' disks in the priors and the synthetic labels). Atom mode
+(``"atoms"``): one Gaussian heatmap per atom; peaks become points, small disks
+the labels, close atoms optionally one cluster (``cluster_distance_nm``).
 
 Every image is normalised by its own percentiles (so absolute intensity does
 not matter), optionally after subtracting its smooth background
@@ -171,7 +173,15 @@ class UNetSegmenter:
     def _mode(self) -> str:
         if self.params["mode"] != "auto":
             return self.params["mode"]
-        return "particles" if self.sample.kind == "particles" else "atoms"
+        return "atoms" if self.sample.kind == "atoms" else "particles"
+
+    @property
+    def seed_dynamic(self) -> float:
+        """The watershed seeds' least dynamic: the parameter, else 0.2, or 1 (connected regions) for
+        clusters, where a watershed on the distance map would cut a cluster into its atoms."""
+        if self.params["seed_dynamic"] is not None:
+            return float(self.params["seed_dynamic"])
+        return 1.0 if self.sample.kind == "clusters" else 0.2
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -240,10 +250,11 @@ class UNetSegmenter:
                                    "batch_size": budget.batch_size, "seed": budget.seed}
         started = time.perf_counter()
         progress = budget.progress_bar("unet")
+        schedule = budget.schedule()
         step = 0
         for step in range(1, budget.steps + 1):
             elapsed_s = time.perf_counter() - started
-            done = budget.fraction_done(step - 1, elapsed_s)
+            done = schedule.done(step - 1, elapsed_s)
             if done >= 1:
                 log.warning("unet: stopped after step %d of %d: max_minutes=%s reached", step - 1, budget.steps,
                             budget.max_minutes)
@@ -266,7 +277,9 @@ class UNetSegmenter:
         progress.close()
         net.eval()
         self.trained = True
-        history.update(steps=step, seconds=time.perf_counter() - started)
+        history.update(steps=step, seconds=time.perf_counter() - started,
+                       annealed_by="steps" if schedule.by_time_from is None
+                       else f"time from step {schedule.by_time_from} (max_minutes {budget.max_minutes})")
         return history
 
     def _sample_crop(self, stack: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -379,7 +392,7 @@ class UNetSegmenter:
             diameter_min_nm = self.params["min_diameter_nm"] or 0.5 * self.sample.diameter_nm[0]
             labels, scores = post.particles_from_maps(
                 maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
-                seed_dynamic=self.params["seed_dynamic"], seed_threshold=self.params["seed_threshold"],
+                seed_dynamic=self.seed_dynamic, seed_threshold=self.params["seed_threshold"],
                 min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
                 min_score=self.params["min_score"])
             return Instances(labels=labels_to_original(labels, scaling), scores=scores, metadata=metadata)
