@@ -5,6 +5,7 @@ import types
 import warnings
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -92,9 +93,10 @@ def test_learns_toy_atoms():
     assert match(prediction, Instances(points=points), radius_px=3).summary()["f1"] > 0.9
 
 
-def toy_clusters(seed: int, size: int = 96, count: int = 6):
-    """Groups of 3-8 Gaussian atoms (sigma 1.2 px, 5 px apart) on a noisy background; labels are the closed
-    outlines of atom disks of half the atom spacing, as the layout sampler draws clusters."""
+def toy_clusters(seed: int, size: int = 112, count: int = 6):
+    """Groups of 3-6 Gaussian atoms (sigma 1.3 px, 7 px apart: Pt at 0.04 nm/px) on a noisy background;
+    labels are the closed outlines of atom disks of half the atom spacing, as the layout sampler draws
+    clusters."""
     from emcopilot.layout import cluster_outline
 
     rng = np.random.default_rng(seed)
@@ -102,25 +104,45 @@ def toy_clusters(seed: int, size: int = 96, count: int = 6):
     labels = np.zeros((size, size), np.int32)
     image = np.zeros((size, size))
     for _ in range(count * 10):
-        centre = rng.uniform(12, size - 12, 2)
+        centre = rng.uniform(14, size - 14, 2)
         atoms = [centre]
-        while len(atoms) < rng.integers(3, 9):
+        while len(atoms) < rng.integers(3, 7):
             step = rng.normal(size=2)
-            candidate = atoms[rng.integers(len(atoms))] + 5 * step / np.hypot(*step)
-            if all(np.hypot(*(candidate - a)) >= 4.5 for a in atoms):
+            candidate = atoms[rng.integers(len(atoms))] + 7 * step / np.hypot(*step)
+            if all(np.hypot(*(candidate - a)) >= 6.3 for a in atoms):
                 atoms.append(candidate)
         disks = np.zeros((size, size), bool)
         for r, c in atoms:
-            disks |= (rows - r) ** 2 + (cols - c) ** 2 <= 2.5 ** 2
-        disks = cluster_outline(disks, 2.5)
-        grown = np.zeros_like(disks)
-        grown[1:-1, 1:-1] = disks[1:-1, 1:-1] | disks[:-2, 1:-1] | disks[2:, 1:-1] | disks[1:-1, :-2] | disks[1:-1, 2:]
+            disks |= (rows - r) ** 2 + (cols - c) ** 2 <= 3.5 ** 2
+        disks = cluster_outline(disks, 3.5)
+        grown = ndimage.binary_dilation(disks, iterations=2)
         if labels.max() == count or (labels[grown] > 0).any():
             continue
         labels[disks] = labels.max() + 1
-        image += sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.2 ** 2)) for r, c in atoms)
+        image += sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.3 ** 2)) for r, c in atoms)
     image = 10 + 6 * image + rng.normal(0, 1.0, image.shape)
     return image.astype(np.float32), labels
+
+
+def test_a_cluster_outline_is_drawn_round_its_atoms_not_round_the_blur():
+    from emcopilot_plugins.segmenters.instances import outlines_from_atoms
+
+    rows, cols = np.mgrid[:80, :80]
+    atoms = [(20, 20), (20, 27), (26, 23), (55, 55), (55, 62), (61, 58), (61, 51), (50, 58)]
+    image = 10 + sum(8 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.5 ** 2)) for r, c in atoms)
+    image = image + np.random.default_rng(0).normal(0, 0.3, image.shape)
+    blurred = np.zeros((80, 80), np.int32)  # what a network may say: round blobs well past the atoms
+    blurred[(rows - 22) ** 2 + (cols - 23) ** 2 <= 12 ** 2] = 1
+    blurred[(rows - 56) ** 2 + (cols - 57) ** 2 <= 13 ** 2] = 2
+    outlines, count = outlines_from_atoms(image, blurred, sigma_px=1.5, min_distance_px=4, radius_px=3.5,
+                                          fraction=0.35)
+    assert count.tolist() == [3, 5] and set(np.unique(outlines)) == {0, 1, 2}
+    for index, members in ((1, atoms[:3]), (2, atoms[3:])):
+        assert all(outlines[r, c] == index for r, c in members)
+        assert (outlines == index).sum() < 0.5 * (blurred == index).sum()
+    empty = np.zeros((80, 80), np.int32)
+    assert outlines_from_atoms(image, empty, sigma_px=1.5, min_distance_px=4, radius_px=3.5,
+                               fraction=0.35)[1].tolist() == []
 
 
 @pytest.mark.slow

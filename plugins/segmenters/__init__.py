@@ -60,6 +60,14 @@ UNET_PARAMS = {
     "atom_disk_radius_nm": Param(0.1, float, min=0.0, unit="nm", help="radius of an atom's disk in the label image"),
     "cluster_distance_nm": Param(None, float, min=0.0, unit="nm",
                                  help="atoms closer than this share one label (a cluster); none: one label per atom"),
+    "cluster_outline": Param("atoms", str, choices=("atoms", "foreground"),
+                             help="sample.kind 'clusters': the outline of each detected cluster drawn round the atom "
+                                  "peaks inside it (disks of half a bond, gaps closed), or the network's foreground"),
+    "cluster_atom_fraction": Param(0.35, float, min=0.0, max=1.0,
+                                   help="an atom peak of a cluster rises above the support by at least this share "
+                                        "of the cluster's brightest peak"),
+    "cluster_atom_fwhm_nm": Param(0.12, float, min=1e-3, unit="nm",
+                                  help="image width of one atom (the smoothing before the atom peaks are found)"),
 }
 
 

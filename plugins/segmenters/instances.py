@@ -118,6 +118,58 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     return labels, np.asarray(scores, np.float32)
 
 
+def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: float, min_distance_px: float,
+                        radius_px: float, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each detected cluster redrawn round the atoms inside it: ``(labels, atoms per cluster)``.
+
+    The image is smoothed at the atom's width; inside each region of ``labels``
+    its local maxima at least ``min_distance_px`` apart and rising above the
+    support (the median outside every region) by ``fraction`` of the region's
+    brightest one are the atoms; the cluster becomes their disks of
+    ``radius_px`` with the gaps closed (:func:`emcopilot.layout.cluster_outline`),
+    as clusters are drawn in the priors and the synthetic labels. The network's
+    foreground says where a cluster is; how far it reaches into the probe's blur
+    depends on dose, support and blur, the atoms' positions do not. A region
+    without a peak keeps its outline (count 0).
+    """
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+
+    from emcopilot.layout import cluster_outlines
+
+    labels = np.asarray(labels, np.int32)
+    count = int(labels.max())
+    atoms = np.zeros(count, np.int32)
+    if not count:
+        return labels, atoms
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float64), max(sigma_px, 0.5))
+    support = float(np.median(smooth[labels == 0])) if (labels == 0).any() else float(smooth.min())
+    reach = int(np.ceil(radius_px))
+    offsets = np.arange(-reach, reach + 1)
+    disk = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius_px ** 2
+    redrawn = np.zeros_like(labels)
+    for index, window in enumerate(ndimage.find_objects(labels), 1):
+        if window is None:
+            continue
+        region = labels[window] == index
+        values = np.where(region, smooth[window], support)
+        top = values[region].max()
+        peaks = peak_local_max(values, min_distance=max(1, int(round(min_distance_px))), exclude_border=False,
+                               threshold_abs=support + fraction * (top - support), labels=region.astype(np.int32))
+        target = redrawn[window]
+        if not len(peaks):
+            target[region & (target == 0)] = index
+            continue
+        atoms[index - 1] = len(peaks)
+        for row, col in peaks + np.array([window[0].start, window[1].start]):
+            r0, r1 = max(row - reach, 0), min(row + reach + 1, labels.shape[0])
+            c0, c1 = max(col - reach, 0), min(col + reach + 1, labels.shape[1])
+            stamp = disk[r0 - row + reach:r1 - row + reach, c0 - col + reach:c1 - col + reach]
+            patch = redrawn[r0:r1, c0:c1]
+            patch[stamp & (patch == 0)] = index
+    return cluster_outlines(redrawn, radius_px), atoms
+
+
 def _h_maxima(inside: np.ndarray, mask: np.ndarray, dynamic: float) -> np.ndarray:
     """Regional maxima of ``inside`` of at least ``dynamic`` depth, one foreground blob at a time.
 

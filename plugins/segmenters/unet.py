@@ -176,6 +176,12 @@ class UNetSegmenter:
         return "atoms" if self.sample.kind == "atoms" else "particles"
 
     @property
+    def sample_atom_radius_nm(self) -> float:
+        """Half a bond of the sample's material: the radius of the atom disks clusters are drawn with."""
+        from emcopilot.layout import LayoutSpec
+        return float(LayoutSpec.from_sample(self.sample).atom_radius_nm)
+
+    @property
     def seed_dynamic(self) -> float:
         """The watershed seeds' least dynamic: the parameter, else 0.2, or 1 (connected regions) for
         clusters, where a watershed on the distance map would cut a cluster into its atoms."""
@@ -395,7 +401,17 @@ class UNetSegmenter:
                 seed_dynamic=self.seed_dynamic, seed_threshold=self.params["seed_threshold"],
                 min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
                 min_score=self.params["min_score"])
-            return Instances(labels=labels_to_original(labels, scaling), scores=scores, metadata=metadata)
+            labels = labels_to_original(labels, scaling)
+            if self.sample.kind == "clusters" and self.params["cluster_outline"] == "atoms":
+                # the atoms in the recorded contrast on the micrograph's own grid (a resampled or
+                # background-subtracted image blurs them), round the clusters the network found
+                nm_per_px = micrograph.pixel_size_nm or self.working_pixel_size_nm
+                labels, atoms = post.outlines_from_atoms(
+                    micrograph.data, labels, sigma_px=self.params["cluster_atom_fwhm_nm"] / 2.3548 / nm_per_px,
+                    min_distance_px=self.params["min_atom_distance_nm"] / nm_per_px,
+                    radius_px=self.sample_atom_radius_nm / nm_per_px, fraction=self.params["cluster_atom_fraction"])
+                metadata["atoms_per_cluster"] = atoms.tolist()
+            return Instances(labels=labels, scores=scores, metadata=metadata)
         cluster_nm = self.params["cluster_distance_nm"]
         points, labels, scores = post.atoms_from_heatmap(
             maps[0], threshold=self.params["peak_threshold"], min_distance_px=self._px(self.params["min_atom_distance_nm"]),
