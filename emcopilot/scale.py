@@ -26,7 +26,7 @@ from .io import MAX_PIXELS
 FACTOR_TOLERANCE = 0.03
 
 #: Least side, in working pixels, of a micrograph a recipe can learn from: what the imaging-condition
-#: estimators (noise blocks, spectra, scan-line statistics) need.
+#: estimators (noise blocks, spectra, scan-line statistics) need; they use this same value.
 MIN_WORKING_SIDE_PX = 64
 
 

@@ -24,11 +24,13 @@ from scipy import ndimage
 from scipy.optimize import least_squares
 
 from emcopilot.errors import InputError
+from emcopilot.scale import MIN_WORKING_SIDE_PX
 
 from .effects import FWHM_PER_SIGMA, jitter_variance_ratio
 
-#: Smallest image side the estimators work on (blocks, spectra, row statistics).
-MIN_SIDE_PX = 64
+#: Smallest image side the estimators work on (blocks, spectra, row statistics): the core's
+#: least working-scale side, which the loop checks before it fits.
+MIN_SIDE_PX = MIN_WORKING_SIDE_PX
 NOISE_BLOCK_PX = 16
 NOISE_BINS = 16
 
