@@ -144,10 +144,7 @@ def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: floa
         return labels, atoms
     smooth = ndimage.gaussian_filter(np.asarray(image, np.float64), max(sigma_px, 0.5))
     support = float(np.median(smooth[labels == 0])) if (labels == 0).any() else float(smooth.min())
-    reach = int(np.ceil(radius_px))
-    offsets = np.arange(-reach, reach + 1)
-    disk = offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius_px ** 2
-    redrawn = np.zeros_like(labels)
+    points, ids, kept = [], [], np.zeros_like(labels)
     for index, window in enumerate(ndimage.find_objects(labels), 1):
         if window is None:
             continue
@@ -156,17 +153,14 @@ def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: floa
         top = values[region].max()
         peaks = peak_local_max(values, min_distance=max(1, int(round(min_distance_px))), exclude_border=False,
                                threshold_abs=support + fraction * (top - support), labels=region.astype(np.int32))
-        target = redrawn[window]
         if not len(peaks):
-            target[region & (target == 0)] = index
+            kept[window][region] = index
             continue
         atoms[index - 1] = len(peaks)
-        for row, col in peaks + np.array([window[0].start, window[1].start]):
-            r0, r1 = max(row - reach, 0), min(row + reach + 1, labels.shape[0])
-            c0, c1 = max(col - reach, 0), min(col + reach + 1, labels.shape[1])
-            stamp = disk[r0 - row + reach:r1 - row + reach, c0 - col + reach:c1 - col + reach]
-            patch = redrawn[r0:r1, c0:c1]
-            patch[stamp & (patch == 0)] = index
+        points.append(peaks + np.array([window[0].start, window[1].start]))
+        ids.append(np.full(len(peaks), index))
+    redrawn = disk_labels(np.concatenate(points), np.concatenate(ids), labels.shape, radius_px) if points else kept
+    redrawn = np.where((redrawn == 0) & (kept > 0), kept, redrawn)
     return cluster_outlines(redrawn, radius_px), atoms
 
 

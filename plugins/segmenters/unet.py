@@ -3,8 +3,9 @@
 Particle mode (``sample.kind`` ``"particles"`` or ``"clusters"``): two outputs,
 foreground and a per-object distance map normalised to 1 at the centre;
 instances by marker watershed from the distance map's maxima of enough dynamic
-(h-maxima). A sub-nm cluster is measured by its outline like a particle (the
-union of its atoms' disks in the priors and the synthetic labels). Atom mode
+(h-maxima). A sub-nm cluster is one object, like a particle: its atoms' disks
+with the gaps closed, in the priors, the synthetic labels and the outline drawn
+round the atom peaks the network's cluster holds. Atom mode
 (``"atoms"``): one Gaussian heatmap per atom; peaks become points, small disks
 the labels, close atoms optionally one cluster (``cluster_distance_nm``).
 
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..physics.effects import FWHM_PER_SIGMA
 
 from emcopilot.checkpoint import load_checkpoint, restore_module, save_checkpoint
 from emcopilot.errors import CheckpointError, EmcopilotError, InputError
@@ -407,7 +410,7 @@ class UNetSegmenter:
                 # background-subtracted image blurs them), round the clusters the network found
                 nm_per_px = micrograph.pixel_size_nm or self.working_pixel_size_nm
                 labels, atoms = post.outlines_from_atoms(
-                    micrograph.data, labels, sigma_px=self.params["cluster_atom_fwhm_nm"] / 2.3548 / nm_per_px,
+                    micrograph.data, labels, sigma_px=self.params["cluster_atom_fwhm_nm"] / FWHM_PER_SIGMA / nm_per_px,
                     min_distance_px=self.params["min_atom_distance_nm"] / nm_per_px,
                     radius_px=self.sample_atom_radius_nm / nm_per_px, fraction=self.params["cluster_atom_fraction"])
                 metadata["atoms_per_cluster"] = atoms.tolist()
