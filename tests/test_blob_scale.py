@@ -31,6 +31,32 @@ def test_small_particles_on_large_grains_are_measured_not_the_grains():
     assert 8 / 1.5 < dominant_diameter_px(image, bright=True) < 8 * 1.5
 
 
+def grains(shape, correlation_px, amplitude, seed):
+    """Support grains with sharp boundaries: the gaps between them make strong dark blobs at every scale."""
+    field = texture(shape, correlation_px, 1.0, seed) > 0
+    return amplitude * ndimage.gaussian_filter(field.astype(float), 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_faint_particles_on_grains_are_found_as_a_population(seed):
+    # 120 particles of 7 px, each fainter than the strongest grain gap, on sharp-edged grains:
+    # no one of them beats the texture, but there are far more of them than of gaps at their scale
+    image, _ = disks_image((768, 768), radius_px=3.5, count=120, contrast=0.3, noise=0.05, seed=10 + seed,
+                           blur_px=0.8)
+    image = (image + grains(image.shape, 10.0, 0.8, seed=20 + seed)).astype(np.float32)
+    assert 8 / 1.3 < dominant_diameter_px(image, bright=True) < 8 * 1.3
+
+
+def test_particles_cut_by_the_frame_edge_do_not_count_their_edges():
+    # bright-field: dark 60 px particles, some cut by the frame edge, whose rims ripple at fine scales
+    image = np.ones((512, 512))
+    rows, cols = np.mgrid[:512, :512]
+    for row, col in [(250, 505), (120, 10), (400, 250), (150, 300), (480, 80)]:
+        image -= 0.7 * (((rows - row) ** 2 + (cols - col) ** 2) <= 30 ** 2)
+    image = ndimage.gaussian_filter(image, 1.5) + np.random.default_rng(9).normal(0, 0.02, image.shape)
+    assert 60 / 1.5 < dominant_diameter_px(image.astype(np.float32), bright=False) < 60 * 1.5
+
+
 def test_the_estimate_follows_the_scale():
     sizes = []
     for radius_px in (4.0, 8.0, 16.0):
