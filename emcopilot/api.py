@@ -108,8 +108,10 @@ class Result:
 
     def _image_sizes(self) -> dict[str, dict[str, Any]]:
         if self.micrographs is not None:
-            return {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm} for m in self.micrographs}
-        return {name: {"shape": tuple(info["shape"]), "pixel_size_nm": info.get("pixel_size_nm")}
+            return {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm
+                             if m.metadata.get("pixel_size_credible", True) else None} for m in self.micrographs}
+        return {name: {"shape": tuple(info["shape"]), "pixel_size_nm": info.get("pixel_size_nm")
+                       if (info.get("pixel_size_estimate") or {}).get("credible", True) else None}
                 for name, info in (self.run_info.get("images") or {}).items()}
 
     @property
@@ -398,7 +400,8 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
             "inputs": [item.record() for item in inputs],
             "calibration": calibration.as_dict() if calibration is not None else None,
             "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "pixel_size_source",
-                                                              "objects", "seconds")}
+                                                              "pixel_size_estimate", "objects", "seconds")
+                                       if k in image}
                        for image in done},
             "errors": [{"input": name, "error": message} for name, message in errors],
             "timings": {"total_s": seconds, "images_per_s": len(done) / seconds if seconds else None,

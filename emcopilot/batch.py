@@ -58,7 +58,9 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
             instances = segmenter.predict(micrograph)
             table = particle_table(instances, micrograph)
             labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-            write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels, micrograph.pixel_size_nm)
+            credible = micrograph.metadata.get("pixel_size_credible", True)
+            write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels,
+                             micrograph.pixel_size_nm if credible else None)
             part = out_dir / "parts" / (mask_file_name(micrograph.name)[:-4] + ".parquet")
             part.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(part) as temporary:
@@ -69,6 +71,8 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
         summary["images"].append({"name": micrograph.name, "part": str(part), "shape": list(micrograph.shape),
                                   "pixel_size_nm": micrograph.pixel_size_nm,
                                   "pixel_size_source": micrograph.metadata.get("pixel_size_source"),
+                                  **({"pixel_size_estimate": micrograph.metadata["pixel_size_estimate"]}
+                                     if "pixel_size_estimate" in micrograph.metadata else {}),
                                   "objects": int(len(table)),
                                   "seconds": time.perf_counter() - started})
     return summary
@@ -78,16 +82,21 @@ def estimate_missing_scale(micrograph: Any, sample: Any) -> None:
     """Give an uncalibrated micrograph the pixel size ``run`` would estimate for it.
 
     The rule of the loop: the micrograph's typical object against the expected size of the
-    model's ``sample`` (:func:`emcopilot.morphology.estimate_pixel_size_nm`); its
-    ``pixel_size_source`` becomes ``estimated``. Nothing changes for a calibrated micrograph
-    or a model without a sample.
+    model's ``sample`` (:func:`emcopilot.pixel_size.estimate_pixel_size`); its
+    ``pixel_size_source`` becomes ``estimated``, ``pixel_size_estimate`` holds the estimate with its
+    uncertainty and, where it is not credible, ``pixel_size_credible`` is false (sizes stay in
+    pixels). Nothing changes for a calibrated micrograph or a model without a sample.
     """
     if micrograph.pixel_size_nm is not None or sample is None or not getattr(sample, "diameter_nm", None):
         return
-    from .morphology import estimate_pixel_size_nm
+    from .pixel_size import estimate_pixel_size
 
-    micrograph.pixel_size_nm = estimate_pixel_size_nm(micrograph, sample)
+    estimate = estimate_pixel_size(micrograph, sample)
+    micrograph.pixel_size_nm = estimate.pixel_size_nm
     micrograph.metadata["pixel_size_source"] = "estimated"
+    micrograph.metadata["pixel_size_estimate"] = estimate.as_dict()
+    if not estimate.credible:
+        micrograph.metadata["pixel_size_credible"] = False
 
 
 def _describe(error: Exception) -> str:

@@ -230,12 +230,9 @@ def _refined_log_sigmas(stack: np.ndarray, sigmas: np.ndarray, k: np.ndarray, ro
     return np.log(sigmas[k]) + np.clip(offset, -0.5, 0.5) * step
 
 
-def dominant_diameter_px(image: np.ndarray, bright: bool = True, kind: str = "particles") -> float:
-    """Typical diameter (px) of the objects of one polarity that stand out from the image's texture.
-
-    ``kind`` is the recipe's ``sample.kind``: ``atoms`` takes the narrowest blobs (the probe's
-    width), anything else the median blob. Raises :class:`InputError` when no blob stands out.
-    """
+def blob_diameters_px(image: np.ndarray, bright: bool = True, kind: str = "particles") -> np.ndarray:
+    """The diameters (px, ``2·sqrt(2)·sigma``, uncorrected) of the blobs of one polarity that stand out
+    from the image's texture, one per object. Raises :class:`InputError` when none does."""
     from .morphology import normalise_image
 
     stack, sigmas, factor = _scale_space(normalise_image(image))
@@ -253,8 +250,22 @@ def dominant_diameter_px(image: np.ndarray, bright: bool = True, kind: str = "pa
         raise InputError("no blob of the expected polarity stands out from the image's texture, so its "
                          "scale cannot be estimated")
     k, rows, cols = k[significant], rows[significant], cols[significant]
-    log_sigmas = _refined_log_sigmas(stack, sigmas, k, rows, cols)
-    log_diameters = log_sigmas + math.log(2 * math.sqrt(2) * factor)
+    return np.exp(_refined_log_sigmas(stack, sigmas, k, rows, cols)) * (2 * math.sqrt(2) * factor)
+
+
+def typical_diameter_px(diameters_px: np.ndarray, kind: str = "particles") -> float:
+    """The objects' typical diameter from their blobs: the median (particles) or the narrowest
+    :data:`NARROWEST_ATOMS` quantile (``kind`` ``atoms``), times the diameter correction."""
+    log_diameters = np.log(np.asarray(diameters_px, float))
     if kind == "atoms":
         return float(np.exp(np.quantile(log_diameters, NARROWEST_ATOMS)) * ATOM_DIAMETER_CORRECTION)
     return float(np.exp(np.median(log_diameters)) * PARTICLE_DIAMETER_CORRECTION)
+
+
+def dominant_diameter_px(image: np.ndarray, bright: bool = True, kind: str = "particles") -> float:
+    """Typical diameter (px) of the objects of one polarity that stand out from the image's texture.
+
+    ``kind`` is the recipe's ``sample.kind``: ``atoms`` takes the narrowest blobs (the probe's
+    width), anything else the median blob. Raises :class:`InputError` when no blob stands out.
+    """
+    return typical_diameter_px(blob_diameters_px(image, bright, kind), kind)

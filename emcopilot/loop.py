@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from . import __version__
-from .errors import EmcopilotError, ReadError
+from .errors import EmcopilotError, InputError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
 from .inputs import gather
 from .plugins import get_registry
@@ -169,14 +169,27 @@ class Loop:
         return micrographs, errors, records
 
     def _too_small(self, micrograph: Micrograph) -> str | None:
-        """Why a calibrated micrograph is too small to learn from at the recipe's working scale, or ``None``."""
+        """Why a calibrated micrograph is too small to learn from at the recipe's working scale, or why an
+        uncalibrated one has no scale to estimate; else ``None``."""
         from .scale import MIN_WORKING_SIDE_PX, too_small_message, working_side_px
         working = float(self.recipe.sample.working_pixel_size_nm)
-        if micrograph.pixel_size_nm is None or \
-                working_side_px(micrograph.shape, micrograph.pixel_size_nm, working) >= MIN_WORKING_SIDE_PX:
+        if micrograph.pixel_size_nm is None:
+            return self._no_scale(micrograph)
+        if working_side_px(micrograph.shape, micrograph.pixel_size_nm, working) >= MIN_WORKING_SIDE_PX:
             return None
         return too_small_message(micrograph.name, micrograph.shape, micrograph.pixel_size_nm, working,
                                  self.recipe.name)
+
+    def _no_scale(self, micrograph: Micrograph) -> str | None:
+        """Why no pixel size can be estimated for an uncalibrated micrograph (nothing stands out from its
+        texture), or ``None``; the estimate is kept for the prior extractor, which asks for it again."""
+        from .pixel_size import estimate_pixel_size
+        try:
+            estimate_pixel_size(micrograph, self.recipe.sample)
+        except InputError as error:
+            return (f"{micrograph.name}: {error}; give its pixel size with --pixel-size-nm or "
+                    f"--calibration table.csv")
+        return None
 
     # ----------------------------------------------------------------- run
 

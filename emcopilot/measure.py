@@ -24,7 +24,9 @@ Fiji's Analyze Particles reports them.
 ``pixel_size_source`` where it came from: ``file`` (the file's own calibration),
 ``--pixel-size-nm``, ``calibration table`` (``--calibration``) or ``estimated``
 (an uncalibrated image whose scale the loop estimated against the recipe's
-expected sizes: its nm columns restate the recipe more than they measure).
+expected sizes: its nm columns restate the recipe more than they measure, and
+``run.json`` gives the estimate's uncertainty). An image whose estimate is not
+credible (too few objects stand out, or their sizes disagree) has no nm columns.
 
 Points (single atoms) are rows too: their centre is the point itself. When
 the instances also hold a label image, the label ``k + 1`` is taken as the
@@ -154,13 +156,17 @@ def particle_table(instances: Instances, micrograph: Micrograph,
     ``pixel_size_nm`` overrides the micrograph's calibration (e.g. an estimate
     for an uncalibrated image); without either, the nm columns are left out. The
     ``pixel_size_source`` column is the micrograph's ``metadata["pixel_size_source"]``,
-    else ``estimated`` for a pixel size given to an uncalibrated micrograph, else ``file``.
+    else ``estimated`` for a pixel size given to an uncalibrated micrograph, else ``file``. A
+    micrograph whose estimated pixel size is not credible (``metadata["pixel_size_credible"]``
+    false, see :mod:`emcopilot.pixel_size`) keeps pixels only.
     """
     if pixel_size_nm is not None and micrograph.pixel_size_nm is None:
         source = micrograph.metadata.get("pixel_size_source", "estimated")
     else:
         source = micrograph.metadata.get("pixel_size_source", "file")
     pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
+    if micrograph.metadata.get("pixel_size_credible") is False:
+        pixel_size_nm = None
     labels = instances.labels
     if labels is not None and labels.shape != micrograph.shape:
         from .errors import InputError
@@ -257,6 +263,9 @@ def write_outputs(out_dir: Path, micrographs: Sequence[Micrograph], instances_li
     for micrograph, instances, pixel_size_nm in zip(micrographs, instances_list, pixel_sizes_nm):
         tables.append(particle_table(instances, micrograph, pixel_size_nm))
         labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-        write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels,
-                         pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm)
+        if micrograph.metadata.get("pixel_size_credible") is False:
+            pixel_size_nm = None  # the mask opens in pixels, as its table reports them
+        else:
+            pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
+        write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels, pixel_size_nm)
     return write_table(out_dir, tables)

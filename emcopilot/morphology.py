@@ -8,9 +8,10 @@ JSON (``prior.json``) and turned into a :class:`emcopilot.layout.LayoutSpec`
 (:meth:`MorphologyPrior.layout_spec`) from which new label maps are drawn
 (:meth:`MorphologyPrior.sample`).
 
-:func:`estimate_pixel_size_nm` gives uncalibrated images (JPEGs without
-metadata) a working scale: the typical object size in pixels
-(:mod:`emcopilot.blob_scale`) against the recipe's expected size in nm.
+:func:`estimate_pixel_size_nm` (from :mod:`emcopilot.pixel_size`) gives
+uncalibrated images (JPEGs without metadata) a working scale: the typical object
+size in pixels (:mod:`emcopilot.blob_scale`) against the recipe's expected size
+in nm.
 
 Numpy/scipy/scikit-image only; importing this module never imports torch.
 """
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .blob_scale import dominant_diameter_px
+from .blob_scale import dominant_diameter_px  # noqa: F401 - part of this module's interface
 from .errors import InputError
 from .interfaces import Instances, Micrograph
+from .pixel_size import estimate_pixel_size, estimate_pixel_size_nm, expected_diameter_nm  # noqa: F401 - ditto
 
 if TYPE_CHECKING:
     from .layout import Layout, LayoutSpec
@@ -53,37 +55,6 @@ def normalise_image(data: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros_like(data)
     return ((data - low) / (high - low)).astype(np.float32)
-
-
-def expected_diameter_nm(sample: "Sample | None", diameter_nm: Sequence[float] | None = None) -> float:
-    """Typical object diameter: geometric mean of ``diameter_nm`` (else the sample's range)."""
-    if diameter_nm is None:
-        if sample is None:
-            raise InputError("the expected object size is unknown: give a recipe sample with diameter_nm")
-        diameter_nm = sample.diameter_nm
-    low, high = (float(v) for v in diameter_nm)
-    return math.sqrt(low * high)
-
-
-def estimate_pixel_size_nm(micrograph: Micrograph, sample: "Sample | None", bright: bool | None = None,
-                           diameter_nm: Sequence[float] | None = None) -> float:
-    """Pixel size (nm/px) of an uncalibrated micrograph from its typical object size.
-
-    ``pixel size = expected diameter (nm) / typical object diameter (px)``, with the expected
-    diameter the geometric mean of the recipe's ``diameter_nm`` range, the object diameter from
-    :func:`emcopilot.blob_scale.dominant_diameter_px` and the blob polarity from
-    ``sample.particle_contrast`` (``bright`` and ``diameter_nm`` override the sample). It can be
-    no better than the recipe's size range describes the sample: pass ``--pixel-size-nm`` or
-    ``--calibration`` when the calibration is known.
-    """
-    if bright is None:
-        bright = sample is None or sample.particle_contrast != "dark"
-    kind = getattr(sample, "kind", "particles") or "particles"
-    diameter_px = dominant_diameter_px(micrograph.data, bright=bright, kind=kind)
-    estimate = expected_diameter_nm(sample, diameter_nm) / diameter_px
-    log.warning("%s has no calibration: dominant blob diameter %.1f px -> estimated pixel size %.4g nm/px "
-                "(give --pixel-size-nm to override)", micrograph.name, diameter_px, estimate)
-    return float(estimate)
 
 
 # --------------------------------------------------------------------------- the prior

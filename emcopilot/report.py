@@ -189,11 +189,19 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
         warnings.append(f"No objects were found in {len(empty)} image(s): {', '.join(empty[:10])}"
                         f"{' ...' if len(empty) > 10 else ''}. Check that they show the recipe's material "
                         f"system and scale, or that their pixel size is right.")
-    estimated = [name for name, entry in calibration.items() if entry.get("source") == "estimated"]
+    estimated = {name: entry for name, entry in calibration.items() if entry.get("source") == "estimated"}
     if estimated:
-        warnings.append(f"The pixel size of {len(estimated)} image(s) was estimated, not read: their sizes in nm "
-                        f"restate the recipe's expected diameters ({diameter_nm[0]:g}-{diameter_nm[1]:g} nm) more "
-                        f"than they measure the sample. Give --pixel-size-nm or --calibration table.csv.")
+        spreads = [entry["relative_uncertainty"] for entry in estimated.values() if "relative_uncertainty" in entry]
+        spread = f" (+/- {100 * max(spreads):.0f} % at one standard deviation)" if spreads else ""
+        warnings.append(f"The pixel size of {len(estimated)} image(s) was estimated, not read{spread}: their sizes "
+                        f"in nm restate the recipe's expected diameters ({diameter_nm[0]:g}-{diameter_nm[1]:g} nm) "
+                        f"more than they measure the sample. Give --pixel-size-nm or --calibration table.csv.")
+    refused = {name: entry.get("reason") for name, entry in estimated.items() if entry.get("credible") is False}
+    if refused:
+        warnings.append(f"No size in nm is reported for {len(refused)} image(s) whose estimated scale is not "
+                        f"credible: " + "; ".join(f"{name}: {reason}" for name, reason in list(refused.items())[:5])
+                        + (" ..." if len(refused) > 5 else "") + ". Their tables are in pixels; give their "
+                        f"pixel size with --calibration table.csv.")
     median = statistics.get("pooled", {}).get("median")
     if statistics.get("unit") == "nm" and median and len(diameter_nm) == 2:
         low, high = (float(v) for v in diameter_nm)
@@ -202,6 +210,18 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
                             f"({low:g}-{high:g} nm): the sample may lie outside what the recipe was made for. "
                             f"Choose a recipe whose diameter_nm covers it, or check the pixel size.")
     return warnings
+
+
+def _scale_text(entry: Mapping[str, Any] | None) -> str:
+    """``, 0.25 nm/px (estimated, +/- 75 %)`` for one image's calibration entry."""
+    if not entry or not entry.get("pixel_size_nm"):
+        return ""
+    source = entry.get("source", "file")
+    if "relative_uncertainty" in entry:
+        source += f", +/- {100 * entry['relative_uncertainty']:.0f} %"
+    if entry.get("credible") is False:
+        source += ", not credible: sizes in px"
+    return f", {entry['pixel_size_nm']:.4g} nm/px ({source})"
 
 
 def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], instances: Sequence[Instances],
@@ -219,7 +239,8 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
                "measured (not touching the edge)": pooled.get("count"),
                f"mean diameter ({unit})": pooled.get("mean"), f"median diameter ({unit})": pooled.get("median"),
                f"std ({unit})": pooled.get("std"), f"volume-weighted mean ({unit})": pooled.get("volume_weighted_mean"),
-               "95% CI of the mean": (pooled.get("ci") or {}).get("mean"),
+               "95% CI of the mean (sampling)": (pooled.get("ci") or {}).get("mean"),
+               "95% CI of the mean (sampling and estimated scale)": (pooled.get("ci_total") or {}).get("mean"),
                f"density (per {unit}²)": pooled.get("density_per_unit2")}
     sections.append("<h2>Size distribution</h2>" + _table({k: v for k, v in summary.items() if v is not None}))
     histogram = histogram_figure(table, statistics)
@@ -237,7 +258,9 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
         sections.append("<h2>Training</h2>" + _img(curves, "training curves"))
     if metrics:
         sections.append("<h2>Metrics</h2>" + _table(metrics))
+    calibration = run_info.get("calibration") or {}
     per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {unit}"
+                       f"{_scale_text(calibration.get(name))}"
                  for name, s in statistics.get("per_image", {}).items()}
     sections.append("<h2>Per image</h2>" + _table(per_image))
     sections.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(run_info, indent=1, default=str)[:20000]) + "</pre>")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -140,13 +140,13 @@ class LoopState:
         if micrograph.pixel_size_nm is not None:
             return {"pixel_size_nm": micrograph.pixel_size_nm,
                     "source": micrograph.metadata.get("pixel_size_source", "file")}
-        estimate = instances.metadata.get("pixel_size_nm_estimate")  # the extractor has said so in the log
-        if estimate is None:
-            from .morphology import estimate_pixel_size_nm
-            estimate = estimate_pixel_size_nm(micrograph, self.sample)
-            log.warning("%s has no calibration: estimated %.4g nm/px against the recipe's expected sizes "
-                        "(give --pixel-size-nm to override)", micrograph.name, estimate)
-        return {"pixel_size_nm": float(estimate), "source": "estimated"}
+        estimate = instances.metadata.get("pixel_size_estimate")  # the extractor has said so in the log
+        if estimate is not None:
+            return dict(estimate)
+        if instances.metadata.get("pixel_size_nm_estimate") is not None:  # an extractor that gives the value only
+            return {"pixel_size_nm": float(instances.metadata["pixel_size_nm_estimate"]), "source": "estimated"}
+        from .pixel_size import estimate_pixel_size
+        return estimate_pixel_size(micrograph, self.sample).as_dict()
 
     def priors_from_predictions(self, round_index: int):
         def compute(directory: Path) -> None:
@@ -172,8 +172,11 @@ class LoopState:
         calibration = read_json(directory / "calibration.json")
         self.loop.calibration = calibration
         for micrograph in self.micrographs:
-            micrograph.pixel_size_nm = calibration[micrograph.name]["pixel_size_nm"]
-            micrograph.metadata["pixel_size_source"] = calibration[micrograph.name]["source"]
+            entry = calibration[micrograph.name]
+            micrograph.pixel_size_nm = entry["pixel_size_nm"]
+            micrograph.metadata["pixel_size_source"] = entry["source"]
+            if entry.get("credible") is False:  # a working scale only: no size of it is reported in nm
+                micrograph.metadata["pixel_size_credible"] = False
         self._working = None
         self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
 
@@ -310,7 +313,7 @@ class LoopState:
         from .statistics import size_statistics
         out = self.run.root
         table = write_outputs(out, self.micrographs, self.predictions)
-        images = {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm} for m in self.micrographs}
+        images = {m.name: _image_info(m, self.loop.calibration.get(m.name, {})) for m in self.micrographs}
         statistics = size_statistics(table, images, seed=self.loop.seed)
         write_json(out / "statistics.json", statistics)
         _copy_tree(self.stage_dir("segmenter", self.final_round) / "model", out / "model")
@@ -332,6 +335,14 @@ class LoopState:
                      instances=self.predictions, table=result.table, statistics=result.statistics,
                      run_info=result.run_info, synthetic=list(images[:4]), histories=histories,
                      metrics=result.run_info.get("metrics"), notes=notes, warnings=warnings)
+
+
+def _image_info(micrograph: Micrograph, calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`~emcopilot.statistics.size_statistics` needs of one image: its shape, the pixel size
+    its nm are reported with (none when the estimate is not credible) and that pixel size's uncertainty."""
+    credible = micrograph.metadata.get("pixel_size_credible", True)
+    return {"shape": micrograph.shape, "pixel_size_nm": micrograph.pixel_size_nm if credible else None,
+            "pixel_size_log_sd": (calibration.get("log_sd") or {}).get("total", 0.0)}
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -9,9 +9,17 @@ particles are under-counted because they touch the border more often.
 
 Diameters are the equivalent-circle diameters ``eq_diameter_nm`` (or, without
 calibration, ``eq_diameter_px`` with ``unit: px``).
+
+The bootstrap intervals (``ci``) cover sampling only. Where a pixel size was
+estimated, every nm of its image is off by the same unknown factor, whose
+uncertainty (a standard deviation of its logarithm, see
+:mod:`emcopilot.pixel_size`) ``ci_total`` adds in quadrature on a log scale; the
+pooled figures take the images' scale errors as shared (they rest on one
+recipe), so their uncertainty is the images' weighted mean, not less.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -76,16 +84,34 @@ def describe(diameters: np.ndarray, weights: np.ndarray | None = None, *, n_boot
     return out
 
 
+def with_scale_uncertainty(stats: dict[str, Any], log_sd: float, sds: float = 1.96) -> None:
+    """Add ``scale_log_sd`` and ``ci_total``: each sampling interval widened, on a log scale and in
+    quadrature, by a pixel-size uncertainty of ``log_sd`` (``sds`` of it: 1.96 for the 95 % of ``ci``)."""
+    if not log_sd or "ci" not in stats:
+        return
+    stats["scale_log_sd"] = float(log_sd)
+    total = {}
+    for key, (low, high) in stats["ci"].items():
+        centre = stats.get(key)
+        if not centre or low <= 0 or high <= 0:
+            continue
+        below = math.hypot(math.log(centre / low), sds * log_sd)
+        above = math.hypot(math.log(high / centre), sds * log_sd)
+        total[key] = [float(centre * math.exp(-below)), float(centre * math.exp(above))]
+    stats["ci_total"] = total
+
+
 def size_statistics(table: pd.DataFrame, images: Mapping[str, Mapping[str, Any]], *,
                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per-image and pooled statistics.
 
-    ``images`` maps each image name to ``{"shape": (H, W), "pixel_size_nm": float | None}``
-    (images with no particles still count towards the area and density).
+    ``images`` maps each image name to ``{"shape": (H, W), "pixel_size_nm": float | None}`` and,
+    for an estimated pixel size, ``"pixel_size_log_sd"`` (images with no particles still count
+    towards the area and density).
     """
     calibrated = all(info.get("pixel_size_nm") for info in images.values()) and "eq_diameter_nm" in table
     column, unit = ("eq_diameter_nm", "nm") if calibrated else ("eq_diameter_px", "px")
-    per_image, pooled_d, pooled_w, area_total = {}, [], [], 0.0
+    per_image, pooled_d, pooled_w, area_total, scale_sds = {}, [], [], 0.0, []
     for name, info in images.items():
         height, width = info["shape"]
         rows = table[table["image"] == name] if len(table) else table
@@ -97,6 +123,9 @@ def size_statistics(table: pd.DataFrame, images: Mapping[str, Mapping[str, Any]]
         stats = describe(diameters, weights, n_boot=n_boot, seed=seed)
         stats.update(detected=int(len(rows)), edge_excluded=int(len(rows) - len(inside)),
                      density_per_unit2=float(np.nansum(weights) / area))
+        if calibrated:
+            with_scale_uncertainty(stats, float(info.get("pixel_size_log_sd") or 0.0))
+            scale_sds.append((float(info.get("pixel_size_log_sd") or 0.0), float(np.nansum(weights))))
         per_image[name] = stats
         pooled_d.append(diameters)
         pooled_w.append(weights)
@@ -107,5 +136,8 @@ def size_statistics(table: pd.DataFrame, images: Mapping[str, Mapping[str, Any]]
     pooled.update(detected=int(len(table)), edge_excluded=int(sum(s["edge_excluded"] for s in per_image.values())),
                   density_per_unit2=float(np.nansum(weights) / area_total) if area_total else 0.0,
                   images=len(images))
+    counted = sum(weight for _, weight in scale_sds)
+    if counted > 0:
+        with_scale_uncertainty(pooled, sum(sd * weight for sd, weight in scale_sds) / counted)
     return {"unit": unit, "diameter": column, "edge_correction": "Miles-Lantuejoul",
             "pooled": pooled, "per_image": per_image}

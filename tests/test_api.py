@@ -96,7 +96,7 @@ def test_in_memory_images_that_cannot_be_measured_are_refused_with_their_name():
 
 def test_segment_takes_micrographs_without_changing_them(model_dir, tmp_path):  # noqa: F811
     image, _ = _disks(seed=1)
-    given = Micrograph(image, name="disks")  # uncalibrated: segment estimates a scale for it
+    given = Micrograph(np.tile(image, (2, 2)), name="disks")  # uncalibrated: segment estimates a scale for it
     result = emcopilot.segment(model_dir, [given], out=tmp_path / "s", progress=False)
     assert given.pixel_size_nm is None and "pixel_size_source" not in given.metadata
     assert result.images == ["disks"] and len(result.table) >= 1

@@ -233,3 +233,40 @@ def test_any_file_name_the_file_system_allows_goes_through_run_and_extract(exper
     assert len(list((out / "masks").iterdir())) == 2
     assert main(["extract", str(recipe), "--input", str(odd), "--out", str(tmp_path / "extract"), "--no-progress"]) == 0
     assert set(pd.read_csv(tmp_path / "extract" / "particles.csv")["image"]) == names
+
+
+def test_an_uncalibrated_run_states_its_scale_and_how_far_to_trust_it(experiment, tmp_path, capsys):
+    import imageio.v3 as iio
+    import numpy as np
+    import pandas as pd
+    import tifffile
+    recipe, inputs = experiment
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for tif in sorted(inputs.glob("*.tif")):  # JPEG-like exports: the calibration is gone
+        data = tifffile.imread(tif).astype(float)
+        data = np.tile(data, (2, 2))  # enough particles for a credible estimate
+        iio.imwrite(exports / f"{tif.stem}.png", (255 * (data - data.min()) / np.ptp(data)).astype(np.uint8))
+    iio.imwrite(exports / "blank.png", np.full((96, 96), 120, np.uint8) + np.eye(96, dtype=np.uint8))
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = run(recipe, exports, out)
+    printed = capsys.readouterr().out
+    calibration = run_info(out)["calibration"]
+    credible = [name for name, entry in calibration.items() if entry.get("credible")]
+    assert credible, calibration
+    for name in credible:
+        entry = calibration[name]
+        assert entry["source"] == "estimated" and entry["log_sd"]["total"] > entry["log_sd"]["recipe"] > 0
+        low, high = entry["interval_95_nm"]
+        assert low < entry["pixel_size_nm"] < high
+    table = pd.read_csv(out / "particles.csv")
+    statistics = json.loads((out / "statistics.json").read_text())
+    if len(table) >= 3 and not any(entry.get("credible") is False for entry in calibration.values()):
+        assert statistics["unit"] == "nm" and "ci_total" in statistics["pooled"]
+        assert "with the estimated scale" in printed
+    assert "+/- " in (out / "report.html").read_text()
+    # an export in which nothing stands out has no scale to estimate: it is an error row, not a failed run
+    assert code == 3 and "blank.png" not in calibration
+    errors = (out / "errors.csv").read_text()
+    assert "blank.png" in errors and "--pixel-size-nm" in errors

@@ -72,16 +72,22 @@ def test_an_uncalibrated_image_gets_the_scale_run_would_estimate(model_dir, tmp_
     from emcopilot.morphology import estimate_pixel_size_nm
 
     image, _ = _disks(seed=1)
-    iio.imwrite(tmp_path / "a.png", np.clip(image, 0, 255).astype(np.uint8))
+    iio.imwrite(tmp_path / "a.png", np.clip(np.tile(image, (2, 2)), 0, 255).astype(np.uint8))  # 12 disks
+    iio.imwrite(tmp_path / "b.png", np.clip(image, 0, 255).astype(np.uint8))  # 3: too few to trust the scale
     sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     expected = estimate_pixel_size_nm(read_micrograph(tmp_path / "a.png")[0], sample)  # run's rule
     out = tmp_path / "out"
-    assert main(["segment", "--model", str(model_dir), "--input", str(tmp_path / "a.png"), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert main(["segment", "--model", str(model_dir), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                 "--out", str(out), "--no-progress"]) == 0
     table = pd.read_csv(out / "particles.csv")
-    assert len(table) and (table["pixel_size_source"] == "estimated").all()
-    assert np.allclose(table["pixel_size_nm"], expected) and 0.06 < expected < 0.14  # 12 px disks of ~1.1 nm
-    assert np.allclose(table["eq_diameter_nm"], table["eq_diameter_px"] * expected)
+    a, b = table[table["image"] == "a.png"], table[table["image"] == "b.png"]
+    assert len(a) and (a["pixel_size_source"] == "estimated").all()
+    assert np.allclose(a["pixel_size_nm"], expected) and 0.06 < expected < 0.14  # 12 px disks of ~1.1 nm
+    assert np.allclose(a["eq_diameter_nm"], a["eq_diameter_px"] * expected)
+    assert len(b) and b["eq_diameter_nm"].isna().all() and b["eq_diameter_px"].notna().all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["images"]["b.png"]["pixel_size_estimate"]["credible"] is False
+    assert run["images"]["a.png"]["pixel_size_estimate"]["credible"] is True
 
 def test_segment_refuses_pickled_or_foreign_models(model_dir, tmp_path, capsys):
     (model_dir / "model.safetensors").unlink()

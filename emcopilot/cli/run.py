@@ -1,6 +1,7 @@
 """``emcopilot run RECIPE --input PATH... --out DIR``: the closed loop, label-free."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import add_calibration_arguments, add_input_arguments, read_calibration_arguments
@@ -45,9 +46,19 @@ def run(args) -> int:
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
     low, high = pooled.get("ci", {}).get("mean", (float("nan"), float("nan")))
+    interval = f"95% CI [{low:.3g}, {high:.3g}]"
+    if "mean" in pooled.get("ci_total", {}):
+        total_low, total_high = pooled["ci_total"]["mean"]
+        interval += (f" from sampling; [{total_low:.3g}, {total_high:.3g}] with the estimated scale, "
+                     f"+/- {100 * math.expm1(pooled['scale_log_sd']):.0f} %")
     print(f"{len(result.micrographs)} micrograph(s), {pooled.get('detected', 0)} objects; "
           f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
-          f"(95% CI [{low:.3g}, {high:.3g}]) -> {result.out / 'report.html'}")
+          f"({interval}) -> {result.out / 'report.html'}")
+    refused = [name for name, entry in (result.run_info.get("calibration") or {}).items()
+               if entry.get("credible") is False]
+    if refused:
+        print(f"{len(refused)} image(s) in pixels only, their estimated scale not credible: {', '.join(refused[:5])}"
+              f"{' ...' if len(refused) > 5 else ''} (reasons in report.html)")
     if result.errors:
         print(f"{len(result.errors)} input(s) failed: see {result.out / 'errors.csv'}")
         return 3

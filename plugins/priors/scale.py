@@ -3,8 +3,9 @@
 Parameters come from the recipe's ``sample:`` block (sizes in nm, the particle
 contrast of the modality) so that one recipe serves images at any
 magnification; an uncalibrated image gets its pixel size from
-:func:`emcopilot.morphology.estimate_pixel_size_nm`, recorded in
-``Instances.metadata["pixel_size_nm_estimate"]``.
+:func:`emcopilot.morphology.estimate_pixel_size`, recorded in
+``Instances.metadata["pixel_size_nm_estimate"]`` (the value) and
+``["pixel_size_estimate"]`` (with its uncertainty and whether it is credible).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ImageScale:
     estimated: bool
     min_diameter_px: float
     max_diameter_px: float
+    estimate: dict[str, Any] | None = None  # PixelSizeEstimate.as_dict() of an estimated one
 
     @property
     def typical_diameter_px(self) -> float:
@@ -35,6 +37,8 @@ class ImageScale:
                                "diameter_px_range": [self.min_diameter_px, self.max_diameter_px]}
         if self.estimated:
             out["pixel_size_nm_estimate"] = self.pixel_size_nm
+            if self.estimate is not None:
+                out["pixel_size_estimate"] = self.estimate
         return out
 
 
@@ -60,14 +64,15 @@ def diameter_range_nm(params: dict, sample: Any) -> tuple[float, float]:
 
 def image_scale(micrograph: Micrograph, params: dict, sample: Any, bright: bool) -> ImageScale:
     """The pixel size (from the file, else estimated) and the size range in pixels."""
-    from emcopilot.morphology import estimate_pixel_size_nm
+    from emcopilot.morphology import estimate_pixel_size
 
     low_nm, high_nm = diameter_range_nm(params, sample)
-    pixel_size_nm = micrograph.pixel_size_nm
-    estimated = pixel_size_nm is None
-    if estimated:
-        pixel_size_nm = estimate_pixel_size_nm(micrograph, sample, bright=bright, diameter_nm=(low_nm, high_nm))
-    return ImageScale(float(pixel_size_nm), estimated, low_nm / pixel_size_nm, high_nm / pixel_size_nm)
+    pixel_size_nm, estimate = micrograph.pixel_size_nm, None
+    if pixel_size_nm is None:
+        estimate = estimate_pixel_size(micrograph, sample, bright=bright, diameter_nm=(low_nm, high_nm))
+        pixel_size_nm = estimate.pixel_size_nm
+    return ImageScale(float(pixel_size_nm), estimate is not None, low_nm / pixel_size_nm, high_nm / pixel_size_nm,
+                      estimate.as_dict() if estimate is not None else None)
 
 
 def robust_noise(values: np.ndarray) -> float:
