@@ -176,6 +176,42 @@ def test_tiled_and_untiled_agree_on_a_frame_that_fits_one_tile(particle_model):
     assert np.mean((whole[0] > 0.5) == (tiled[0] > 0.5)) > 0.999
 
 
+def test_the_inference_network_computes_what_the_trained_one_does(particle_model):
+    import torch
+    from emcopilot_plugins.segmenters.unet import inference_network
+
+    segmenter, _ = particle_model
+    net = segmenter.net.eval()
+    fused = inference_network(net, torch.device("cpu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in segmenter.net.modules())  # left as it was
+    x = torch.randn(2, 1, 64, 96)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x.contiguous(memory_format=torch.channels_last)), net(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("length, tiles, side", [(1024, 3, 368), (2048, 5, 440), (200, 1, 200), (512, 1, 512)])
+def test_tiles_cover_a_side_with_little_computed_twice(length, tiles, side):
+    from emcopilot_plugins.segmenters.unet import _starts, _tile_side
+
+    found = _tile_side(length, 512, 32, 8)
+    assert found == side and found % 8 == 0 and found <= 512
+    assert len(_starts(length, found, found - 32)) == tiles
+
+
+def test_the_background_is_smoothed_at_low_resolution_as_at_full():
+    from emcopilot_plugins.segmenters.unet import smooth_background
+
+    rng = np.random.default_rng(0)
+    image = (ndimage.gaussian_filter(rng.normal(size=(333, 517)), 30) * 50 + rng.normal(size=(333, 517)))
+    image = image.astype(np.float32)
+    full = ndimage.gaussian_filter(image, 50.0, mode="reflect")
+    fast = smooth_background(image, 50.0)
+    assert fast.shape == image.shape and fast.dtype == np.float32
+    assert np.abs(fast - full).max() < 0.02  # the noise is 1, the background's spread 2
+    assert np.array_equal(smooth_background(image, 3.0), ndimage.gaussian_filter(image, 3.0, mode="reflect"))
+
+
 def test_averaging_over_all_eight_symmetries_makes_the_prediction_turn_with_the_image(particle_model):
     segmenter, _ = particle_model
     image, _ = toy_particles(5, size=64)

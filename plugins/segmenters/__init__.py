@@ -31,11 +31,13 @@ UNET_PARAMS = {
                                 "uneven support: a few atom widths); none by default"),
     "invert_dark_objects": Param(True, bool, help="invert images whose objects are darker than the support "
                                                   "(sample.particle_contrast: dark) so the network sees bright objects"),
-    "tile_px": Param(256, int, min=16, max=8192, unit="px", help="inference tile side (working grid)"),
+    "tile_px": Param(512, int, min=16, max=8192, unit="px",
+                     help="largest inference tile side (working grid); tiles are sized to cover the frame "
+                          "with the least overlap"),
     "tile_overlap_px": Param(32, int, min=0, max=4096, unit="px", help="overlap of neighbouring tiles, blended"),
     "test_time_flips": Param(1, int, choices=(1, 2, 4, 8),
                              help="average the network over this many flips/quarter turns of each tile (1: none)"),
-    "tile_batch": Param(8, int, min=1, max=1024, help="tiles per forward pass"),
+    "tile_batch": Param(4, int, min=1, max=1024, help="tiles per forward pass"),
     "device": Param("auto", str, help="auto (CUDA when available), cpu, cuda or cuda:N (inference)"),
     "foreground_threshold": Param(0.5, float, min=0.0, max=1.0, help="foreground probability of a particle pixel"),
     "seed_dynamic": Param(None, float, min=0.0, max=1.0,

