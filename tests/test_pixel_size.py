@@ -69,3 +69,28 @@ def test_the_scale_uncertainty_widens_the_interval_of_the_mean_not_the_mean():
         assert low < sampling_low and high > sampling_high
         assert high / stats["mean"] > math.exp(1.96 * 0.3)  # at least the scale's own spread
     assert "ci_total" not in known["pooled"]
+
+
+def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(monkeypatch, tmp_path, capsys):
+    import emcopilot.loop
+    from emcopilot.cli import main
+
+    statistics = {"unit": "nm", "pooled": {"detected": 12, "mean": 3.0, "ci": {"mean": [2.9, 3.1]},
+                                           "ci_total": {"mean": [1.0, 9.0]}, "scale_log_sd": 0.57}}
+    calibration = {"a.png": {"source": "estimated", "credible": True},
+                   "b.png": {"source": "estimated", "credible": False, "reason": "only 2 object(s) stand out"}}
+
+    class FakeLoop:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self):
+            return emcopilot.loop.RunResult(out=tmp_path, micrographs=[None, None], instances=[], table=None,
+                                            statistics=statistics, errors=[],
+                                            run_info={"calibration": calibration})
+
+    monkeypatch.setattr(emcopilot.loop, "Loop", FakeLoop)
+    assert main(["run", "nanoparticles-haadf", "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "95% CI [2.9, 3.1] from sampling; [1, 9] with the estimated scale, +/- 77 %" in printed
+    assert "1 image(s) in pixels only" in printed and "b.png" in printed and "a.png" not in printed.split("only")[-1]
