@@ -107,35 +107,47 @@ def size_statistics(table: pd.DataFrame, images: Mapping[str, Mapping[str, Any]]
 
     ``images`` maps each image name to ``{"shape": (H, W), "pixel_size_nm": float | None}`` and,
     for an estimated pixel size, ``"pixel_size_log_sd"`` (images with no particles still count
-    towards the area and density).
+    towards the area and density). Where some images have a pixel size and others not, sizes are
+    in nm: each image without one is described in px (its entry says ``unit: px``) and left out
+    of the pooled figures, which name it in ``images_in_px``.
     """
-    calibrated = all(info.get("pixel_size_nm") for info in images.values()) and "eq_diameter_nm" in table
+    measured = {name for name, info in images.items() if info.get("pixel_size_nm")}
+    calibrated = bool(measured) and "eq_diameter_nm" in table
     column, unit = ("eq_diameter_nm", "nm") if calibrated else ("eq_diameter_px", "px")
+    in_px = sorted(set(images) - measured) if calibrated else []  # sizes in px do not pool with nm
     per_image, pooled_d, pooled_w, area_total, scale_sds = {}, [], [], 0.0, []
     for name, info in images.items():
         height, width = info["shape"]
+        own_column, own_scale = (column, info.get("pixel_size_nm") if calibrated else 1.0)
+        if name in in_px:
+            own_column, own_scale = "eq_diameter_px", 1.0
         rows = table[table["image"] == name] if len(table) else table
         inside = rows[~rows["touches_edge"].astype(bool)] if len(rows) else rows
         weights = miles_lantuejoul_weights(inside, height, width) if len(inside) else np.zeros(0)
-        diameters = inside[column].to_numpy(float) if len(inside) else np.zeros(0)
-        scale = info.get("pixel_size_nm") if calibrated else 1.0
-        area = height * width * scale**2
+        diameters = inside[own_column].to_numpy(float) if len(inside) else np.zeros(0)
+        area = height * width * own_scale**2
         stats = describe(diameters, weights, n_boot=n_boot, seed=seed)
         stats.update(detected=int(len(rows)), edge_excluded=int(len(rows) - len(inside)),
                      density_per_unit2=float(np.nansum(weights) / area))
+        per_image[name] = stats
+        if name in in_px:
+            stats["unit"] = "px"
+            continue
         if calibrated:
             with_scale_uncertainty(stats, float(info.get("pixel_size_log_sd") or 0.0))
             scale_sds.append((float(info.get("pixel_size_log_sd") or 0.0), float(np.nansum(weights))))
-        per_image[name] = stats
         pooled_d.append(diameters)
         pooled_w.append(weights)
         area_total += area
     diameters = np.concatenate(pooled_d) if pooled_d else np.zeros(0)
     weights = np.concatenate(pooled_w) if pooled_w else np.zeros(0)
     pooled = describe(diameters, weights, n_boot=n_boot, seed=seed)
-    pooled.update(detected=int(len(table)), edge_excluded=int(sum(s["edge_excluded"] for s in per_image.values())),
+    pooled.update(detected=int(sum(per_image[name]["detected"] for name in per_image if name not in in_px)),
+                  edge_excluded=int(sum(s["edge_excluded"] for n, s in per_image.items() if n not in in_px)),
                   density_per_unit2=float(np.nansum(weights) / area_total) if area_total else 0.0,
-                  images=len(images))
+                  images=len(images) - len(in_px))
+    if in_px:
+        pooled["images_in_px"] = in_px
     counted = sum(weight for _, weight in scale_sds)
     if counted > 0:
         with_scale_uncertainty(pooled, sum(sd * weight for sd, weight in scale_sds) / counted)

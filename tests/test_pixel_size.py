@@ -94,3 +94,22 @@ def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(m
     printed = capsys.readouterr().out
     assert "95% CI [2.9, 3.1] from sampling; [1, 9] with the estimated scale, +/- 77 %" in printed
     assert "1 image(s) in pixels only" in printed and "b.png" in printed and "a.png" not in printed.split("only")[-1]
+
+
+def test_an_image_left_in_pixels_is_described_alone_and_kept_out_of_the_pooled_nm():
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    rows = []
+    for image, pixel_size in (("a", 0.2), ("b", 0.2), ("c", None)):
+        diameters_px = rng.lognormal(math.log(15.0), 0.2, 50)
+        rows.append(pd.DataFrame({"image": image, "eq_diameter_px": diameters_px, "touches_edge": False,
+                                  "eq_diameter_nm": diameters_px * pixel_size if pixel_size else np.nan,
+                                  "bbox_x0": 0, "bbox_y0": 0, "bbox_x1": 10, "bbox_y1": 10}))
+    table = pd.concat(rows, ignore_index=True)
+    images = {"a": {"shape": (500, 500), "pixel_size_nm": 0.2}, "b": {"shape": (500, 500), "pixel_size_nm": 0.2},
+              "c": {"shape": (500, 500), "pixel_size_nm": None}}
+    statistics = size_statistics(table, images)
+    assert statistics["unit"] == "nm"
+    assert statistics["per_image"]["c"]["unit"] == "px" and statistics["per_image"]["c"]["mean"] > 10
+    assert statistics["pooled"]["images_in_px"] == ["c"] and statistics["pooled"]["images"] == 2
+    assert statistics["pooled"]["count"] == 100 and 2 < statistics["pooled"]["mean"] < 4

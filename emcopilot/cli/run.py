@@ -51,7 +51,9 @@ def run(args) -> int:
         total_low, total_high = pooled["ci_total"]["mean"]
         interval += (f" from sampling; [{total_low:.3g}, {total_high:.3g}] with the estimated scale, "
                      f"+/- {100 * math.expm1(pooled['scale_log_sd']):.0f} %")
-    print(f"{len(result.micrographs)} micrograph(s), {pooled.get('detected', 0)} objects; "
+    detected = sum(stats.get("detected", 0) for stats in result.statistics.get("per_image", {}).values()) \
+        if result.statistics.get("per_image") else pooled.get("detected", 0)
+    print(f"{len(result.micrographs)} micrograph(s), {detected} objects; "
           f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
           f"({interval}) -> {result.out / 'report.html'}")
     refused = [name for name, entry in (result.run_info.get("calibration") or {}).items()

@@ -309,7 +309,8 @@ class UNetSegmenter:
             stacks.append(_pad_to(stack, (crop, crop)))
         weights = np.array([s.shape[1] * s.shape[2] for s in stacks], float)
         weights /= weights.sum()
-        net = self.net.to(device).train()
+        # channels-last: oneDNN convolves (and back-propagates) about 1.3x faster so on a CPU
+        net = self.net.to(device).to(memory_format=torch.channels_last).train()
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.params["learning_rate"], weight_decay=1e-4)
         history: dict[str, Any] = {"loss": [], "step": [], "device": str(device), "crop_px": crop,
                                    "batch_size": budget.batch_size, "seed": budget.seed}
@@ -330,7 +331,7 @@ class UNetSegmenter:
                 group["lr"] = _cosine_lr(self.params["learning_rate"], done)
             batch = torch.from_numpy(np.stack([self._sample_crop(stacks[i], crop, rng)
                                                for i in rng.choice(len(stacks), budget.batch_size, p=weights)]))
-            batch = batch.to(device)
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
             loss = self._loss(net(batch[:, :1]), batch[:, 1:])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -340,7 +341,7 @@ class UNetSegmenter:
                 history["step"].append(step)
             progress.advance(step, elapsed_s)
         progress.close()
-        net.eval()
+        net.to(memory_format=torch.contiguous_format).eval()  # weights are saved as plain tensors
         self.trained = True
         history.update(steps=step, seconds=time.perf_counter() - started,
                        annealed_by="steps" if schedule.by_time_from is None
