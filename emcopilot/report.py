@@ -192,7 +192,8 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
     estimated = {name: entry for name, entry in calibration.items() if entry.get("source") == "estimated"}
     if estimated:
         spreads = [entry["relative_uncertainty"] for entry in estimated.values() if "relative_uncertainty" in entry]
-        spread = f" (+/- {100 * max(spreads):.0f} % at one standard deviation)" if spreads else ""
+        low, high = (round(100 * min(spreads)), round(100 * max(spreads))) if spreads else (0, 0)
+        spread = (f" (+/- {low}{f'-{high}' if high > low else ''} % at one standard deviation)" if spreads else "")
         warnings.append(f"The pixel size of {len(estimated)} image(s) was estimated, not read{spread}: their sizes "
                         f"in nm restate the recipe's expected diameters ({diameter_nm[0]:g}-{diameter_nm[1]:g} nm) "
                         f"more than they measure the sample. Give --pixel-size-nm or --calibration table.csv.")
@@ -259,7 +260,7 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
     if metrics:
         sections.append("<h2>Metrics</h2>" + _table(metrics))
     calibration = run_info.get("calibration") or {}
-    per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {unit}"
+    per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {s.get('unit', unit)}"
                        f"{_scale_text(calibration.get(name))}"
                  for name, s in statistics.get("per_image", {}).items()}
     sections.append("<h2>Per image</h2>" + _table(per_image))
