@@ -108,8 +108,8 @@ class Result:
 
     def _image_sizes(self) -> dict[str, dict[str, Any]]:
         if self.micrographs is not None:
-            return {m.name: {"shape": m.shape, "pixel_size_nm": m.pixel_size_nm
-                             if m.metadata.get("pixel_size_credible", True) else None} for m in self.micrographs}
+            from .pixel_size import reported_pixel_size_nm
+            return {m.name: {"shape": m.shape, "pixel_size_nm": reported_pixel_size_nm(m)} for m in self.micrographs}
         return {name: {"shape": tuple(info["shape"]), "pixel_size_nm": info.get("pixel_size_nm")
                        if (info.get("pixel_size_estimate") or {}).get("credible", True) else None}
                 for name, info in (self.run_info.get("images") or {}).items()}

@@ -38,6 +38,7 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
     never raises for a bad input (the error is returned)."""
     from .inputs import Input
     from .measure import mask_file_name, particle_table
+    from .pixel_size import reported_pixel_size_nm
     from .rundir import atomic_path, write_label_tiff
     import numpy as np
 
@@ -58,9 +59,8 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
             instances = segmenter.predict(micrograph)
             table = particle_table(instances, micrograph)
             labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-            credible = micrograph.metadata.get("pixel_size_credible", True)
             write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels,
-                             micrograph.pixel_size_nm if credible else None)
+                             reported_pixel_size_nm(micrograph))
             part = out_dir / "parts" / (mask_file_name(micrograph.name)[:-4] + ".parquet")
             part.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(part) as temporary:

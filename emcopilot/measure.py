@@ -149,6 +149,15 @@ def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.nd
     return table
 
 
+def _nm_scale(micrograph: Micrograph, pixel_size_nm: float | None) -> float | None:
+    """The pixel size nm are reported with: the override, else the micrograph's, none where its
+    estimate is not credible (:func:`emcopilot.pixel_size.reported_pixel_size_nm`)."""
+    from .pixel_size import reported_pixel_size_nm
+    if reported_pixel_size_nm(micrograph) is None and micrograph.pixel_size_nm is not None:
+        return None
+    return pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
+
+
 def particle_table(instances: Instances, micrograph: Micrograph,
                    pixel_size_nm: float | None = None) -> pd.DataFrame:
     """The particle table of one micrograph (see the module docstring).
@@ -164,9 +173,7 @@ def particle_table(instances: Instances, micrograph: Micrograph,
         source = micrograph.metadata.get("pixel_size_source", "estimated")
     else:
         source = micrograph.metadata.get("pixel_size_source", "file")
-    pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
-    if micrograph.metadata.get("pixel_size_credible") is False:
-        pixel_size_nm = None
+    pixel_size_nm = _nm_scale(micrograph, pixel_size_nm)
     labels = instances.labels
     if labels is not None and labels.shape != micrograph.shape:
         from .errors import InputError
@@ -263,9 +270,7 @@ def write_outputs(out_dir: Path, micrographs: Sequence[Micrograph], instances_li
     for micrograph, instances, pixel_size_nm in zip(micrographs, instances_list, pixel_sizes_nm):
         tables.append(particle_table(instances, micrograph, pixel_size_nm))
         labels = instances.labels if instances.labels is not None else np.zeros(micrograph.shape, np.int32)
-        if micrograph.metadata.get("pixel_size_credible") is False:
-            pixel_size_nm = None  # the mask opens in pixels, as its table reports them
-        else:
-            pixel_size_nm = pixel_size_nm if pixel_size_nm is not None else micrograph.pixel_size_nm
-        write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels, pixel_size_nm)
+        # the mask opens at the scale its table reports (in pixels where the estimate is not credible)
+        write_label_tiff(out_dir / "masks" / mask_file_name(micrograph.name), labels,
+                         _nm_scale(micrograph, pixel_size_nm))
     return write_table(out_dir, tables)

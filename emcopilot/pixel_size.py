@@ -168,6 +168,14 @@ def estimate_pixel_size(micrograph: Micrograph, sample: "Sample | None", bright:
     return estimate
 
 
+def reported_pixel_size_nm(micrograph: Micrograph) -> float | None:
+    """The pixel size a micrograph's sizes are reported in nm with: its own, or ``None`` where it has
+    none or its estimated one is only a working scale (``metadata["pixel_size_credible"]`` false)."""
+    if micrograph.metadata.get("pixel_size_credible") is False:
+        return None
+    return micrograph.pixel_size_nm
+
+
 def estimate_pixel_size_nm(micrograph: Micrograph, sample: "Sample | None", bright: bool | None = None,
                            diameter_nm: Sequence[float] | None = None) -> float:
     """:func:`estimate_pixel_size`, the value only."""

@@ -340,8 +340,8 @@ class LoopState:
 def _image_info(micrograph: Micrograph, calibration: Mapping[str, Any]) -> dict[str, Any]:
     """What :func:`~emcopilot.statistics.size_statistics` needs of one image: its shape, the pixel size
     its nm are reported with (none when the estimate is not credible) and that pixel size's uncertainty."""
-    credible = micrograph.metadata.get("pixel_size_credible", True)
-    return {"shape": micrograph.shape, "pixel_size_nm": micrograph.pixel_size_nm if credible else None,
+    from .pixel_size import reported_pixel_size_nm
+    return {"shape": micrograph.shape, "pixel_size_nm": reported_pixel_size_nm(micrograph),
             "pixel_size_log_sd": (calibration.get("log_sd") or {}).get("total", 0.0)}
 
 
