@@ -253,14 +253,16 @@ def _pixel_size(pixel_size_nm: float | None) -> float | None:
 def run(recipe: Any, images: Any, out: str | Path | None = None, *, profile: str | None = None,
         pixel_size_nm: float | None = None, calibration: Any = None, max_minutes: float | None = None,
         force: str | None = None, device: str = "auto", progress: bool = True,
-        recursive: bool = False, priors_from: str | Path | None = None) -> Result:
+        recursive: bool = False, priors_from: str | Path | None = None,
+        scale_bar_nm: float | None = None) -> Result:
     """The closed loop on unlabelled ``images``, as ``emcopilot run``: extract priors, learn their
     contrast, synthesise labelled micrographs, train a segmenter, measure the images.
 
     ``recipe`` is a built-in recipe's name, a YAML path or a :class:`~emcopilot.recipe.Recipe`.
     ``pixel_size_nm`` is the scale of images without one (it overrides theirs, as the command's
     ``--pixel-size-nm``); ``calibration`` per-image pixel sizes (a CSV path or ``{name: nm}``),
-    which win over both. ``priors_from`` is a folder of hand-corrected label images (named as
+    which win over both; ``scale_bar_nm`` the length of the scale bars burned into exported
+    images whose label cannot be read (:mod:`emcopilot.scale_bar`). ``priors_from`` is a folder of hand-corrected label images (named as
     ``masks/``; :mod:`emcopilot.corrections`) that replace the extractor's priors of their
     micrographs. Re-running with the same ``out`` reuses the stages already done.
     """
@@ -270,13 +272,15 @@ def run(recipe: Any, images: Any, out: str | Path | None = None, *, profile: str
     folder = _out(out, "run")
     loop_result = Loop(recipe, images, folder, profile=profile, pixel_size_nm=_pixel_size(pixel_size_nm),
                        calibration=_calibration(calibration), force=force, device=device, progress=progress,
-                       max_minutes=max_minutes, recursive=recursive, priors_from=priors_from).run()
+                       max_minutes=max_minutes, recursive=recursive, priors_from=priors_from,
+                       scale_bar_nm=scale_bar_nm).run()
     return Result(folder, table=loop_result.table, micrographs=loop_result.micrographs,
                   statistics=loop_result.statistics)
 
 
 def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_size_nm: float | None = None,
-            calibration: Any = None, progress: bool = True, recursive: bool = False) -> Result:
+            calibration: Any = None, progress: bool = True, recursive: bool = False,
+            scale_bar_nm: float | None = None) -> Result:
     """The recipe's prior extractor only, as ``emcopilot extract``: masks, the particle table and
     ``prior.json`` (the morphology prior). An image without a scale gets an estimated one."""
     from tqdm.auto import tqdm
@@ -297,7 +301,7 @@ def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_si
     micrographs = []
     for item in inputs:
         try:
-            micrographs += item.read(pixel_size_nm, calibration)
+            micrographs += item.read(pixel_size_nm, calibration, scale_bar_nm)
         except EmcopilotError as error:
             log.warning("%s", error)
             errors.append((item.label, str(error)))
@@ -324,6 +328,8 @@ def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_si
                 "shape": list(micrograph.shape), "pixel_size_nm": size, "pixel_size_source": source,
                 "objects": instances.count, "seconds": time.perf_counter() - image_started,
                 "extractor_report": {k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))}}
+            if "scale_bar" in micrograph.metadata:
+                info[micrograph.name]["scale_bar"] = micrograph.metadata["scale_bar"]
         pixel_sizes = [info[m.name]["pixel_size_nm"] for m in done]
         table = write_outputs(folder, done, found, pixel_sizes)
         if done:
@@ -355,7 +361,7 @@ def _extracted_pixel_size(micrograph, instances) -> tuple[float | None, str]:
 def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pixel_size_nm: float | None = None,
             calibration: Any = None, device: str | None = None, params: Mapping[str, Any] | None = None,
             workers: int | None = None, scheduler: str | None = None, progress: bool = True,
-            recursive: bool = False) -> Result:
+            recursive: bool = False, scale_bar_nm: float | None = None) -> Result:
     """A trained model folder (a run's ``model/``) on ``images``, as ``emcopilot segment``.
 
     ``params`` overrides the segmenter's saved parameters for this batch (e.g.
@@ -382,6 +388,7 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
     refuse_run_folder(folder, "segment")
     with RunDirectory(folder):  # one command at a time per folder
         summaries = run_batch(inputs, Path(model), folder, pixel_size_nm=pixel_size_nm, calibration=calibration,
+                              scale_bar_nm=scale_bar_nm,
                               device=device, workers=workers, scheduler=scheduler, progress=progress,
                               params=overrides)
         table = merge_parts(folder, summaries)

@@ -33,7 +33,8 @@ def cached_model(model_dir: str, device: str | None, params: Mapping[str, Any] |
 
 def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm: float | None = None,
                  device: str | None = None, params: Mapping[str, Any] | None = None,
-                 calibration: Any = None, name: str | None = None) -> dict[str, Any]:
+                 calibration: Any = None, name: str | None = None,
+                 scale_bar_nm: float | None = None) -> dict[str, Any]:
     """Segment one input (a file's path, named ``name``, or an :class:`~emcopilot.inputs.Input`);
     never raises for a bad input (the error is returned)."""
     from .inputs import Input
@@ -47,7 +48,7 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
     out_dir = Path(out)
     summary: dict[str, Any] = {"path": path, "images": [], "errors": []}
     try:
-        micrographs = item.read(pixel_size_nm, calibration)
+        micrographs = item.read(pixel_size_nm, calibration, scale_bar_nm)
         segmenter = cached_model(model_dir, device, params)
     except Exception as error:  # a corrupt file (or a model that cannot load) fails this task only
         summary["errors"].append((path, _describe(error)))
@@ -73,6 +74,8 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
                                   "pixel_size_source": micrograph.metadata.get("pixel_size_source"),
                                   **({"pixel_size_estimate": micrograph.metadata["pixel_size_estimate"]}
                                      if "pixel_size_estimate" in micrograph.metadata else {}),
+                                  **({"scale_bar": micrograph.metadata["scale_bar"]}
+                                     if "scale_bar" in micrograph.metadata else {}),
                                   "objects": int(len(table)),
                                   "seconds": time.perf_counter() - started})
     return summary
@@ -125,7 +128,7 @@ def _set_worker_threads() -> None:
 def run_batch(paths: "Sequence[Path | Input]", model_dir: Path, out: Path, *, pixel_size_nm: float | None = None,
               device: str | None = None, workers: int | None = None, scheduler: str | None = None,
               progress: bool = True, params: Mapping[str, Any] | None = None,
-              calibration: Any = None) -> list[dict[str, Any]]:
+              calibration: Any = None, scale_bar_nm: float | None = None) -> list[dict[str, Any]]:
     """Run :func:`segment_file` over ``paths`` (files, or :class:`~emcopilot.inputs.Input` items from
     :func:`~emcopilot.inputs.gather`); summaries come back in input order. ``calibration`` is an
     :class:`emcopilot.calibration.CalibrationTable` of per-file pixel sizes."""
@@ -134,7 +137,8 @@ def run_batch(paths: "Sequence[Path | Input]", model_dir: Path, out: Path, *, pi
     from .inputs import Input, gather
     params = dict(params) if params else None
     items = list(paths) if all(isinstance(p, Input) for p in paths) else gather(paths)
-    arguments = [(item, str(model_dir), str(out), pixel_size_nm, device, params, calibration) for item in items]
+    arguments = [(item, str(model_dir), str(out), pixel_size_nm, device, params, calibration, None, scale_bar_nm)
+                 for item in items]
     if not workers and not scheduler:
         return [segment_file(*a) for a in tqdm(arguments, desc="segment", disable=not progress)]
     from dask.distributed import Client, LocalCluster, as_completed

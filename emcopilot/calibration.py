@@ -12,7 +12,8 @@ file takes its pixel size. A table entry wins over the file's own calibration
 and over ``--pixel-size-nm``: it is the user saying what the scale is. Where a
 pixel size came from is recorded with each micrograph
 (``metadata["pixel_size_source"]``): ``file``, ``--pixel-size-nm``,
-``calibration table`` or, for an uncalibrated image the loop had to guess,
+``calibration table``, ``scale bar`` (a bar burned into an exported image, see
+:mod:`emcopilot.scale_bar`) or, for an uncalibrated image the loop had to guess,
 ``estimated``.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from .errors import InputError
 
 #: The sources a pixel size can have, in the order they are tried.
-SOURCES = ("calibration table", "--pixel-size-nm", "file", "estimated")
+SOURCES = ("calibration table", "--pixel-size-nm", "file", "scale bar", "estimated")
 #: A calibration table larger than this is refused (it is a list of files, not data).
 MAX_TABLE_BYTES = 16 * 1024 * 1024
 

@@ -66,14 +66,22 @@ class Input:
             entry.update(name=self.name, kind=self.kind, frames=len(self.micrographs))
         return entry
 
-    def read(self, pixel_size_nm: float | None = None,
-             calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
-        """Its micrographs (copies, for in-memory ones: the caller's objects are never changed)."""
+    def read(self, pixel_size_nm: float | None = None, calibration: "CalibrationTable | None" = None,
+             scale_bar_nm: float | None = None) -> list[Micrograph]:
+        """Its micrographs (copies, for in-memory ones: the caller's objects are never changed).
+
+        Arrays are searched for a burned-in scale bar as image exports are
+        (:func:`emcopilot.io.read_micrograph`); HyperSpy signals and micrographs carry their own
+        calibration and are not."""
         from .io import apply_pixel_size, read_micrograph
         if self.path is not None:
-            return read_micrograph(self.path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=self.name)
+            return read_micrograph(self.path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=self.name,
+                                   scale_bar_nm=scale_bar_nm)
         frames = [dataclasses.replace(m, metadata=dict(m.metadata)) for m in self.micrographs]
         apply_pixel_size(frames, pixel_size_nm, calibration, self.name, self.label)
+        if self.kind == "numpy array":
+            from .scale_bar import apply_scale_bar
+            apply_scale_bar(frames, self.label, scale_bar_nm)
         return frames
 
 

@@ -242,7 +242,8 @@ def _micrograph(frame: np.ndarray, pixel_size_nm: float | None, path: Path, name
 
 
 def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
-                    calibration: "CalibrationTable | None" = None, name: str | None = None) -> list[Micrograph]:
+                    calibration: "CalibrationTable | None" = None, name: str | None = None,
+                    scale_bar_nm: float | None = None) -> list[Micrograph]:
     """Read one file into one micrograph per frame.
 
     ``pixel_size_nm`` overrides the file's calibration (or supplies a missing one); an entry for
@@ -250,6 +251,9 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
     micrograph's ``metadata["pixel_size_source"]`` says which applied (``file``,
     ``--pixel-size-nm``, ``calibration table``), and is absent when there is no pixel size.
     ``name`` replaces the file name in the micrographs' names (see :func:`input_names`).
+    In image exports (PNG, JPEG, BMP, TIFF) a burned-in scale bar is found and painted over, and
+    gives the pixel size of frames that have none (:mod:`emcopilot.scale_bar`; ``scale_bar_nm``
+    is the bar's length when its label cannot be read; source ``scale bar``).
     Raises :class:`ReadError` naming the file and the reader that failed.
     """
     path = Path(path)
@@ -290,6 +294,12 @@ def read_micrograph(path: str | os.PathLike, pixel_size_nm: float | None = None,
         for micrograph in micrographs:
             micrograph.name = name + micrograph.name[len(path.name):]
     apply_pixel_size(micrographs, pixel_size_nm, calibration, path, label)
+    if suffix in PLAIN_IMAGE_EXTENSIONS or suffix in (".tif", ".tiff"):
+        from .scale_bar import apply_scale_bar
+        try:
+            apply_scale_bar(micrographs, label, scale_bar_nm)
+        except InputError as error:
+            raise ReadError(f"{label}: {error}") from None
     return micrographs
 
 
@@ -397,13 +407,15 @@ def input_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def read_micrographs(paths: Iterable[str | os.PathLike], pixel_size_nm: float | None = None,
                      errors: list[tuple[Path, str]] | None = None,
-                     calibration: "CalibrationTable | None" = None) -> list[Micrograph]:
+                     calibration: "CalibrationTable | None" = None,
+                     scale_bar_nm: float | None = None) -> list[Micrograph]:
     """Read many files. With an ``errors`` list, failures are appended and the rest continue."""
     micrographs: list[Micrograph] = []
     paths = expand_inputs(paths)
     for path, name in zip(paths, input_names(paths)):
         try:
-            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=name)
+            micrographs += read_micrograph(path, pixel_size_nm=pixel_size_nm, calibration=calibration, name=name,
+                                           scale_bar_nm=scale_bar_nm)
         except ReadError as error:
             if errors is None:
                 raise

@@ -68,7 +68,8 @@ class Loop:
                  profile: str | None = None, pixel_size_nm: float | None = None,
                  force: str | None = None, device: str = "auto", progress: bool = True,
                  max_minutes: float | None = None, calibration: "CalibrationTable | None" = None,
-                 recursive: bool = False, priors_from: str | Path | None = None):
+                 recursive: bool = False, priors_from: str | Path | None = None,
+                 scale_bar_nm: float | None = None):
         if force is not None and force not in STAGES:
             raise EmcopilotError(f"--force: unknown stage {force!r}; stages are {', '.join(STAGES)}")
         self.recipe = recipe
@@ -85,6 +86,7 @@ class Loop:
             self.profile["max_minutes"] = value
         self.pixel_size_override = pixel_size_nm
         self.calibration_table = calibration
+        self.scale_bar_nm = scale_bar_nm
         self.force = force
         self.device = device
         self.progress = progress
@@ -149,7 +151,7 @@ class Loop:
         micrographs, errors, records = [], [], []
         for item in gather(self.inputs, recursive=self.recursive):
             try:
-                frames = item.read(self.pixel_size_override, self.calibration_table)
+                frames = item.read(self.pixel_size_override, self.calibration_table, self.scale_bar_nm)
                 records.append(item.record())
             except ReadError as error:
                 log.warning("%s", error)
@@ -202,7 +204,7 @@ class Loop:
             contents = sorted((Path(r["path"]).name if r["path"] else f"{r['name']} ({r['kind']})", r["sha256"])
                               for r in records)
             given = {m.name: m.pixel_size_nm for m in micrographs
-                     if m.metadata.get("pixel_size_source") == "calibration table"}
+                     if m.metadata.get("pixel_size_source") in ("calibration table", "scale bar")}
             override = [self.pixel_size_override, given] if given else self.pixel_size_override
             base = {"inputs": contents, "pixel_size_override": override,
                     "plugins": self.plugin_versions()}

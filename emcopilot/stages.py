@@ -137,6 +137,12 @@ class LoopState:
         write_json(directory / "calibration.json", calibration)
 
     def _calibration_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
+        entry = self._pixel_size_of(micrograph, instances)
+        if "scale_bar" in micrograph.metadata:  # found in the pixels (and painted over), read or not
+            entry["scale_bar"] = micrograph.metadata["scale_bar"]
+        return entry
+
+    def _pixel_size_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
         if micrograph.pixel_size_nm is not None:
             return {"pixel_size_nm": micrograph.pixel_size_nm,
                     "source": micrograph.metadata.get("pixel_size_source", "file")}

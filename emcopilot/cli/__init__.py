@@ -20,17 +20,22 @@ from ..errors import EmcopilotError
 COMMANDS = ("plugins", "recipes", "validate", "extract", "run", "segment", "evaluate", "demo")
 
 
-def pixel_size(text: str) -> float:
+def pixel_size(text: str, what: str = "pixel size") -> float:
     """An argparse type: a finite, positive pixel size in nm (``inf``, ``nan``, 0 and negatives refused)."""
     import math
 
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a pixel size in nm, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a {what} in nm, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"a pixel size must be a finite number of nm above 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a {what} must be a finite number of nm above 0, got {text!r}")
     return value
+
+
+def scale_bar_length(text: str) -> float:
+    """An argparse type: a scale bar's length in nm, checked as :func:`pixel_size`."""
+    return pixel_size(text, "scale bar length")
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +51,10 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="CSV",
                         help="per-file pixel sizes, a CSV with the header 'image,pixel_size_nm' (file names or "
                              "paths); an entry wins over the file's calibration and --pixel-size-nm")
+    parser.add_argument("--scale-bar-nm", type=scale_bar_length, metavar="NM",
+                        help="the length of the scale bar burned into exported images (JPEG/PNG/TIFF) without "
+                             "calibration, when its label cannot be read; the bar is found and measured in each "
+                             "image")
 
 
 def read_calibration_arguments(args, inputs=()):

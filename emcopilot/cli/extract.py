@@ -38,7 +38,7 @@ def run(args) -> int:
         raise InputError(f"--input {' '.join(args.input)}: no supported image files found")
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
     result = extract(args.recipe, paths, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
-                     progress=not args.no_progress)
+                     scale_bar_nm=args.scale_bar_nm, progress=not args.no_progress)
     print(f"{len(result.images)} micrograph(s), {len(result.table)} objects "
           f"({result.run_info['prior_extractor']['plugin']}) -> {args.out / 'particles.csv'}")
     for name, message in result.errors:

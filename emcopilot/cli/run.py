@@ -42,7 +42,8 @@ def run(args) -> int:
     result = Loop(recipe, args.input, args.out, profile=args.profile, pixel_size_nm=pixel_size_nm,
                   calibration=calibration,
                   force=args.force, device=args.device, progress=not args.no_progress,
-                  max_minutes=args.max_minutes, recursive=args.recursive, priors_from=args.priors_from).run()
+                  max_minutes=args.max_minutes, recursive=args.recursive, priors_from=args.priors_from,
+                  scale_bar_nm=args.scale_bar_nm).run()
     pooled = result.statistics["pooled"]
     unit = result.statistics["unit"]
     low, high = pooled.get("ci", {}).get("mean", (float("nan"), float("nan")))

@@ -72,7 +72,7 @@ def run(args) -> int:
     pixel_size_nm, calibration = read_calibration_arguments(args, paths)
     result = segment(args.model, paths, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
                      device=args.device, params=overrides, workers=args.workers, scheduler=args.scheduler,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, scale_bar_nm=args.scale_bar_nm)
     seconds = time.perf_counter() - started
     count = len(result.images)
     print(f"{count} micrograph(s), {len(result.table)} objects -> {args.out / 'particles.csv'} "
