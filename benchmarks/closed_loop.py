@@ -25,6 +25,15 @@ spans the recipe's typical diameter (the geometric mean of ``diameter_nm``), so
 the loop is run as if the scale were known and nothing else changes. The labels
 then enter the run (as the scale only); the figure is a diagnostic, not a
 label-free result. (The single-atom images carry their calibration already.)
+
+``--human-priors`` is the error budget's "priors from the human labels" row: the
+human boxes (inscribed ellipses) or clicked atoms (disks of ``ATOM_RADIUS_NM``)
+are written as label images and given to the run with ``--priors-from``, so the
+morphology prior, the fitted contrast and the synthetic training set come from
+the human outlines; the scale is still estimated. ``--budget F`` runs the
+recipe with its training profile's ``synthetic_images``, ``segmenter_steps``
+and ``max_minutes`` multiplied by F (a recipe derived from it, written into the
+work folder).
 """
 from __future__ import annotations
 
@@ -90,6 +99,50 @@ def oracle_calibration(data: Path, name: str, recipe: str, images: list[Path], p
     return path
 
 
+def human_priors(data: Path, name: str, images: list[Path], folder: Path) -> Path:
+    """Label TIFFs of the human annotations, named as a run's ``masks/``, for ``--priors-from``."""
+    import numpy as np
+    import tifffile
+    from emcopilot.evaluate import read_points_truth, read_yolo_truth
+    from emcopilot.io import read_micrograph
+    from emcopilot.measure import mask_file_name
+    from skimage.draw import disk
+    from supervised_baseline import ellipse_labels
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labels_dir = data / SETS[name][0] / "labels"
+    for image in images:
+        micrograph = read_micrograph(image)[0]
+        if name == "acstem":
+            labels = np.zeros(micrograph.shape, np.int32)
+            radius_px = ATOM_RADIUS_NM / (micrograph.pixel_size_nm or ACSTEM_PIXEL_SIZE_NM)
+            points = read_points_truth(labels_dir / f"{image.name.split('_')[0]}_Results.csv")
+            for index, (row, column) in enumerate(points, 1):
+                labels[disk((row, column), radius_px, shape=labels.shape)] = index
+        else:
+            labels = ellipse_labels(read_yolo_truth(labels_dir / f"{image.stem}.txt", micrograph.shape),
+                                    micrograph.shape)
+        tifffile.imwrite(folder / mask_file_name(micrograph.name), labels)
+    return folder
+
+
+def budget_recipe(recipe: str, factor: float, path: Path) -> Path:
+    """A recipe derived from ``recipe`` whose training profile has ``factor`` times the budget."""
+    import yaml
+    from emcopilot.recipe import load_recipe
+
+    base = load_recipe(recipe)
+    profile_name = base.train["profile"]
+    profile = dict(base.profile(profile_name))
+    for key in ("synthetic_images", "segmenter_steps", "max_minutes"):
+        if profile.get(key) is not None:
+            profile[key] = int(round(profile[key] * factor)) if key != "max_minutes" else profile[key] * factor
+    derived = {"name": f"{base.name}-budget-x{factor:g}", "base": recipe if "/" not in recipe else str(Path(recipe).resolve()),
+               "train": {"profiles": {profile_name: profile}}}
+    path.write_text(yaml.safe_dump(derived, sort_keys=False))
+    return path
+
+
 def emcopilot(*args: str, log=None) -> None:
     command = [sys.executable, "-m", "emcopilot", *args]
     completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT if log else None, text=True,
@@ -108,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON report (default: stdout only)")
     parser.add_argument("--oracle-scale", action="store_true",
                         help="diagnostic: each image's pixel size from its human boxes (see above)")
+    parser.add_argument("--human-priors", action="store_true",
+                        help="diagnostic: the human labels as the run's priors (see above)")
+    parser.add_argument("--budget", type=float, default=1.0, metavar="F",
+                        help="multiply the training profile's images, steps and time cap by F")
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -124,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = []
     if args.oracle_scale and args.set != "acstem":
         extra = ["--calibration", str(oracle_calibration(data, args.set, recipe, images, work / "oracle.csv"))]
+    if args.human_priors:
+        extra += ["--priors-from", str(human_priors(data, args.set, images, work / "human-priors"))]
+    if args.budget != 1.0:
+        recipe = str(budget_recipe(recipe, args.budget, work / "budget-recipe.yaml"))
     with open(work / "run.log", "w") as log:
         started = time.perf_counter()
         emcopilot("run", recipe, "--input", str(inputs), "--out", str(run), "--no-progress", *extra, log=log)
@@ -135,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     provenance = json.loads((run / "run.json").read_text())
     pooled = evaluation["pooled"]
     result = {
-        "set": args.set, "recipe": recipe, "oracle_scale": bool(extra), "images": len(images), "profile": provenance.get("profile"),
+        "set": args.set, "recipe": recipe, "oracle_scale": "--calibration" in extra,
+        "human_priors": args.human_priors, "budget": args.budget, "images": len(images), "profile": provenance.get("profile"),
         "wall_time_s": round(wall_s, 1), "stage_times_s": provenance.get("timings_s"),
         "stages_reused": provenance.get("stages_reused"),
         "pooled": pooled, "per_image": evaluation.get("images"), "targets": targets,

@@ -25,6 +25,11 @@ threshold) and, unless given here, its ``fast`` profile's steps, batch, crop and
 ``max_minutes``; only the training data differs (human labels of the other folds
 instead of synthetic images). The (downsampled) ardagen images are then treated as
 being at the recipe's working pixel size instead of ``--ardagen-pixel-size-nm``.
+With ``--oracle-scale`` the ardagen images are not downsampled but given the pixel
+size at which their median human box spans the recipe's typical diameter (the
+geometric mean of ``diameter_nm``), and resampled to the working scale as the
+loop does with a known scale (``closed_loop.py --oracle-scale``): the two then
+differ only in their training data.
 
     python benchmarks/supervised_baseline.py --data ../shared/data --sets ardagen-haadf ardagen-bf acstem \
         --source human --folds 4 --steps 300 --out benchmarks/results/supervised_baseline.json
@@ -75,7 +80,7 @@ def load_ardagen(data: Path, bright_field: bool, max_image_px: int) -> list[dict
             continue
         image = read_micrograph(path)[0].data
         boxes = read_yolo_truth(data / "ardagen-dev" / "labels" / f"{path.stem}.txt", image.shape)
-        factor = max(1, math.ceil(max(image.shape) / max_image_px))
+        factor = max(1, math.ceil(max(image.shape) / max_image_px)) if max_image_px else 1
         if factor > 1:
             image = downscale_local_mean(image, (factor, factor)).astype(np.float32)
             boxes = boxes / factor
@@ -111,7 +116,7 @@ def sample_for(set_name: str, pixel_size_nm: float):
 def human_pairs(items: list[dict], sample) -> tuple[list[np.ndarray], list]:
     """Training images at the working pixel size with their human labels."""
     from emcopilot import Instances
-    from emcopilot.scale import plan_scaling, points_to_working, to_working
+    from emcopilot.scale import plan_scaling, points_to_working, to_working, to_working_labels
 
     images, labels = [], []
     for item in items:
@@ -120,8 +125,14 @@ def human_pairs(items: list[dict], sample) -> tuple[list[np.ndarray], list]:
             images.append(to_working(item["image"], scaling))
             labels.append(Instances(points=points_to_working(item["points"], scaling)))
         else:
-            images.append(item["image"])
-            labels.append(Instances(labels=ellipse_labels(item["boxes"], item["image"].shape)))
+            labels_px = ellipse_labels(item["boxes"], item["image"].shape)
+            if "pixel_size_nm" in item:
+                scaling = plan_scaling(item["image"].shape, item["pixel_size_nm"], sample.working_pixel_size_nm)
+                images.append(to_working(item["image"], scaling))
+                labels.append(Instances(labels=to_working_labels(labels_px, scaling)))
+            else:
+                images.append(item["image"])
+                labels.append(Instances(labels=labels_px))
     return images, labels
 
 
@@ -217,7 +228,7 @@ def run_set(set_name: str, args) -> dict:
     if set_name == "acstem":
         items = load_acstem(args.data)
     else:
-        items = load_ardagen(args.data, set_name == "ardagen-bf", args.max_image_px)
+        items = load_ardagen(args.data, set_name == "ardagen-bf", 0 if args.oracle_scale else args.max_image_px)
     if args.recipe:
         from emcopilot.recipe import load_recipe
 
@@ -225,6 +236,12 @@ def run_set(set_name: str, args) -> dict:
         sample, segmenter_name = recipe.sample, recipe.segmenter.plugin
         params = dict(recipe.segmenter.params, device=args.device)
         profile = recipe.profile(args.profile)
+        if args.oracle_scale and set_name != "acstem":
+            typical_nm = math.sqrt(math.prod(sample.diameter_nm))
+            for item in items:
+                boxes = item["boxes"]
+                box_px = float(np.median(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))))
+                item["pixel_size_nm"] = typical_nm / box_px
         budget = TrainBudget(steps=args.steps or int(profile["segmenter_steps"]),
                              batch_size=args.batch_size or int(profile["batch_size"]),
                              crop_px=args.crop_px or int(profile["crop_px"]),
@@ -291,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-image-px", type=int, default=1024, help="ardagen: downsample larger images")
     parser.add_argument("--ardagen-pixel-size-nm", type=float, default=0.3,
                         help="assumed pixel size of the (downsampled) ardagen images")
+    parser.add_argument("--oracle-scale", action="store_true",
+                        help="with --recipe, ardagen: each image at the scale its human boxes imply (see above)")
     parser.add_argument("--radius-nm", type=float, default=0.1, help="acstem: largest distance of a match")
     parser.add_argument("--peak-thresholds", type=float, nargs="+",
                         help="acstem: also score at these heatmap peak thresholds (the held-out labels choose "
