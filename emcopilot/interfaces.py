@@ -81,7 +81,9 @@ class Instances:
     float array of atom centres as (row, column). Either may be ``None``; an
     atom finder sets both (points and small disks).
     ``scores``: optional per-object confidence, indexed like the labels 1..N
-    (or the points).
+    (or the points). An atom finder that knows the apparent width of one atom
+    puts it in ``metadata["atom_fwhm_px"]`` (pixels of this grid): the particle
+    table then refines each point with a fitted 2-D Gaussian.
     """
 
     labels: np.ndarray | None = None
@@ -246,6 +248,10 @@ class Segmenter(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
+
+    # Optional: ``adapt(images, workdir, *, budget) -> dict``, called by the loop right after
+    # ``fit`` with the real micrographs (float32 arrays at the working pixel size, unlabelled),
+    # for a segmenter that learns from them (self-training); it returns a JSON-able history.
 
 
 @runtime_checkable

@@ -293,7 +293,13 @@ class LoopState:
         def compute(directory: Path) -> None:
             images, truth = self.load_synthetic(round_index)
             segmenter = self.loop.component("segmenter")
-            history = segmenter.fit(list(images), truth, directory / "work", budget=self.loop.budget("segmenter_steps"))
+            budget = self.loop.budget("segmenter_steps")
+            history = segmenter.fit(list(images), truth, directory / "work", budget=budget) or {}
+            if callable(getattr(segmenter, "adapt", None)):  # learns from the real micrographs, unlabelled
+                real = [m.data for m in self.working_images()]
+                adapted = segmenter.adapt(real, directory / "work", budget=budget)
+                if adapted:
+                    history = {**history, "adapt": adapted}
             segmenter.save(directory / "model")
             write_json(directory / "history.json", history or {})
         return compute

@@ -115,6 +115,20 @@ def test_max_minutes_from_the_command_line_is_the_training_budget(experiment, tm
     assert run(recipe, inputs, tmp_path / "bad", "--max-minutes", "0.05") != 0  # a recipe would refuse it too
 
 
+def test_self_training_on_the_real_images_follows_training_and_only_its_stage_reruns(experiment, tmp_path):
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out) == 0
+    history = json.loads((out / "stages" / "segmenter@1" / "history.json").read_text())
+    assert "adapt" not in history  # off unless the recipe asks
+    adapted = tmp_path / "adapted.yaml"
+    adapted.write_text(recipe.read_text().replace("{width: 4, depth: 2}", "{width: 4, depth: 2, self_training: 0.5}"))
+    assert run(adapted, inputs, out) == 0
+    assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
+    history = json.loads((out / "stages" / "segmenter@1" / "history.json").read_text())
+    assert history["adapt"]["images"] == 2 and history["adapt"]["steps"] == 3  # half of the 6 training steps
+
+
 def test_two_rounds_use_confident_predictions(experiment, tmp_path):
     recipe, inputs = experiment
     two = tiny_recipe(tmp_path, rounds=2)

@@ -439,3 +439,35 @@ def test_the_training_bar_counts_time_when_the_cap_binds():
     silent.advance(1, 1.0)
     assert silent.bar is None
     silent.close()
+
+
+def test_pixels_left_out_of_the_self_training_loss_do_not_move_it():
+    torch.manual_seed(0)
+    segmenter = unet(PARTICLES)
+    logits, targets = torch.randn(2, 2, 16, 16), (torch.rand(2, 2, 16, 16) > 0.5).float()
+    weight = torch.ones(2, 16, 16)
+    weight[:, :8] = 0
+    changed = logits.clone()
+    changed[:, :, :8] = torch.randn(2, 2, 8, 16) * 5
+    assert segmenter._loss(logits, targets, weight) == pytest.approx(float(segmenter._loss(changed, targets, weight)))
+    assert segmenter._loss(logits, targets, torch.ones(2, 16, 16)) == pytest.approx(
+        float(segmenter._loss(logits, targets)))  # all pixels kept: the ordinary loss
+
+
+def test_self_training_fine_tunes_on_the_real_images_and_is_off_by_default():
+    torch.set_num_threads(1)
+    synthetic = [toy_particles(seed) for seed in range(2)]
+    real = [toy_particles(seed)[0] * 1.3 + 40 for seed in (50, 51)]  # another gain and offset
+    budget = TrainBudget(steps=40, batch_size=4, crop_px=64, seed=0, progress=False)
+    off = unet(PARTICLES)
+    off.fit([d[0] for d in synthetic], [Instances(labels=d[1]) for d in synthetic], None, budget=budget)
+    assert off.adapt(real, None, budget=budget) is None  # self_training defaults to 0
+    on = unet(PARTICLES, self_training=0.5)
+    on.fit([d[0] for d in synthetic], [Instances(labels=d[1]) for d in synthetic], None, budget=budget)
+    assert all(torch.equal(a, b) for a, b in zip(off.net.state_dict().values(), on.net.state_dict().values()))
+    history = on.adapt(real, None, budget=budget)
+    assert history["steps"] == history["planned_steps"] == 20 and history["images"] == 2
+    assert 0 < history["used_pixel_share"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(off.net.state_dict().values(), on.net.state_dict().values()))
+    with pytest.raises(EmcopilotError, match="call fit"):
+        unet(PARTICLES, self_training=0.5).adapt(real, None, budget=budget)

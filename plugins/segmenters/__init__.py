@@ -19,6 +19,15 @@ UNET_PARAMS = {
     "heatmap_loss_weight": Param(1.0, float, min=0.0, help="weight of the heatmap MSE (atoms)"),
     "heatmap_positive_weight": Param(5.0, float, min=0.0,
                                      help="extra MSE weight on atom pixels: 1 + w * target (atoms are sparse)"),
+    "self_training": Param(0.0, float, min=0.0, max=10.0,
+                           help="after training on synthetic images, fine-tune on the real micrographs for this "
+                                "share of the training steps more: the network's own confident objects and "
+                                "background as targets, uncertain pixels ignored, every batch half real and half "
+                                "synthetic (particles and clusters; 0: off)"),
+    "self_training_ignore_below": Param(0.1, float, min=0.0, max=1.0,
+                                        help="self-training: pixels outside the network's objects count as "
+                                             "background only where its foreground probability is below this; "
+                                             "between it and the objects they are ignored"),
     "augment_flips": Param(True, bool, help="random flips and 90-degree rotations"),
     "intensity_jitter": Param(0.2, float, min=0.0, max=1.0, help="random gain and offset (normalised units)"),
     "gamma_jitter": Param(0.3, float, min=0.0, max=2.0, help="random gamma: exp(U(-g, g))"),

@@ -22,6 +22,7 @@ tile's output is averaged over ``test_time_flips`` flips and quarter turns
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -309,6 +310,7 @@ class UNetSegmenter:
             stacks.append(_pad_to(stack, (crop, crop)))
         weights = np.array([s.shape[1] * s.shape[2] for s in stacks], float)
         weights /= weights.sum()
+        self._synthetic = (stacks, weights, crop, int(budget.steps))  # for adapt(): half of each batch
         # channels-last: oneDNN convolves (and back-propagates) about 1.3x faster so on a CPU
         net = self.net.to(device).to(memory_format=torch.channels_last).train()
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.params["learning_rate"], weight_decay=1e-4)
@@ -362,6 +364,8 @@ class UNetSegmenter:
                                     mode="bilinear", align_corners=False)[0].numpy()
             if self.mode == "particles":
                 resized[1] = resized[1] >= 0.5  # foreground stays binary
+            if len(resized) > 1 + len(self.outputs):
+                resized[-1] = resized[-1] >= 0.5  # so does the self-training weight
             sample = resized
         if params["augment_flips"]:
             sample = np.rot90(sample, rng.integers(4), axes=(1, 2))
@@ -380,19 +384,111 @@ class UNetSegmenter:
         sample[0] = image
         return sample
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss; ``weight`` (N, H, W) of 0 and 1 leaves the 0 pixels out (self-training)."""
         params = self.params
         if self.mode == "particles":
-            foreground = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
-            distance = F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1])
+            if weight is None:
+                foreground = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0])
+                distance = F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1])
+                probability, truth = torch.sigmoid(logits[:, 0]), targets[:, 0]
+            else:
+                count = weight.sum().clamp(min=1.0)
+                foreground = (F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 0], reduction="none")
+                              * weight).sum() / count
+                distance = (F.binary_cross_entropy_with_logits(logits[:, 1], targets[:, 1], reduction="none")
+                            * weight).sum() / count
+                probability, truth = torch.sigmoid(logits[:, 0]) * weight, targets[:, 0] * weight
             # soft Dice (Milletari et al. 2016) keeps sparse particles from being drowned by background
-            probability = torch.sigmoid(logits[:, 0])
-            dice = 1 - (2 * (probability * targets[:, 0]).sum() + 1) / (probability.sum() + targets[:, 0].sum() + 1)
+            dice = 1 - (2 * (probability * truth).sum() + 1) / (probability.sum() + truth.sum() + 1)
             return (params["foreground_loss_weight"] * foreground + params["dice_loss_weight"] * dice
                     + params["distance_loss_weight"] * distance)
         heat = torch.sigmoid(logits[:, 0])
         weight = 1 + params["heatmap_positive_weight"] * targets[:, 0]
         return params["heatmap_loss_weight"] * (weight * (heat - targets[:, 0]) ** 2).mean()
+
+    # ---- self-training
+
+    def adapt(self, images: Sequence[np.ndarray], workdir: Path | None = None, *,
+              budget: TrainBudget) -> dict[str, Any] | None:
+        """Self-training on the real micrographs (working grid, unlabelled), after :meth:`fit`.
+
+        The trained network (the teacher) measures each image; its objects become foreground and
+        distance targets, pixels whose foreground probability stays below
+        ``self_training_ignore_below`` become background, and the pixels between (faint bumps it
+        is unsure of, the rims of dropped objects) are left out of the loss. The same network then
+        trains on for ``self_training`` times the budget's steps, every batch half real crops with
+        those targets and half the synthetic crops it was trained on (so it keeps what the exact
+        labels taught), at a third of the learning rate, annealed. Particles and clusters only
+        (atoms: returns ``None``).
+        """
+        share = float(self.params["self_training"])
+        if share <= 0 or self.mode != "particles" or not images:
+            return None
+        if not self.trained:
+            raise EmcopilotError("unet segmenter: adapt() needs a trained network; call fit() first")
+        synthetic = getattr(self, "_synthetic", None)
+        crop = synthetic[2] if synthetic else int(budget.crop_px) // 2 ** self.params["depth"] * 2 ** self.params["depth"]
+        steps = max(1, int(round(share * budget.steps)))
+        started = time.perf_counter()
+        real, kept_share = [], []
+        for image in images:
+            image = np.asarray(image, np.float32)
+            normalised = normalise(image, **self.normalisation)
+            maps = self.predict_maps(normalised)
+            labels, _ = self._particles(maps)
+            foreground, distance = post.particle_targets(labels)
+            weight = ((labels > 0) | (maps[0] < self.params["self_training_ignore_below"])).astype(np.float32)
+            kept_share.append(float(weight.mean()))
+            real.append(_pad_to(np.stack([normalised, foreground, distance, weight]), (crop, crop)))
+        real_weights = np.array([s.shape[1] * s.shape[2] for s in real], float)
+        real_weights /= real_weights.sum()
+        rng = np.random.default_rng(budget.seed + 1)
+        torch.manual_seed(budget.seed + 1)
+        device = self.device
+        net = self.net.to(device).to(memory_format=torch.channels_last).train()
+        base_lr = self.params["learning_rate"] / 3
+        optimiser = torch.optim.AdamW(net.parameters(), lr=base_lr, weight_decay=1e-4)
+        # the time cap scales with the steps, so a capped profile stays within its share of the clock
+        adapt_budget = dataclasses.replace(budget, steps=steps, max_minutes=None if budget.max_minutes is None
+                                           else budget.max_minutes * share)
+        schedule = adapt_budget.schedule()
+        progress = adapt_budget.progress_bar("unet self-training")
+        history: dict[str, Any] = {"loss": [], "step": [], "images": len(real), "planned_steps": steps,
+                                   "used_pixel_share": round(float(np.mean(kept_share)), 4)}
+        half = max(1, budget.batch_size // 2) if synthetic else budget.batch_size
+        step = 0
+        for step in range(1, steps + 1):
+            elapsed_s = time.perf_counter() - started
+            done = schedule.done(step - 1, elapsed_s)
+            if done >= 1:
+                log.warning("unet: self-training stopped after step %d of %d: max_minutes=%s reached", step - 1,
+                            steps, adapt_budget.max_minutes)
+                history["stopped_early"] = f"max_minutes {adapt_budget.max_minutes} reached after step {step - 1}"
+                step -= 1
+                break
+            for group in optimiser.param_groups:
+                group["lr"] = _cosine_lr(base_lr, done)
+            crops = [self._sample_crop(real[i], crop, rng) for i in rng.choice(len(real), half, p=real_weights)]
+            if synthetic:
+                stacks, weights = synthetic[0], synthetic[1]
+                for i in rng.choice(len(stacks), budget.batch_size - half, p=weights):
+                    sample = self._sample_crop(stacks[i], crop, rng)
+                    crops.append(np.concatenate([sample, np.ones((1,) + sample.shape[1:], np.float32)]))
+            batch = torch.from_numpy(np.stack(crops)).to(device).contiguous(memory_format=torch.channels_last)
+            loss = self._loss(net(batch[:, :1]), batch[:, 1:-1], batch[:, -1])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if step % 10 == 0 or step == steps:
+                history["loss"].append(float(loss.detach()))
+                history["step"].append(step)
+            progress.advance(step, elapsed_s)
+        progress.close()
+        net.to(memory_format=torch.contiguous_format).eval()
+        self._synthetic = None
+        history.update(steps=step, seconds=time.perf_counter() - started)
+        return history
 
     # ---- inference
 
@@ -440,6 +536,15 @@ class UNetSegmenter:
             total = out if total is None else total + out
         return total / self.params["test_time_flips"]
 
+    def _particles(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Particles (labels, scores) on the working grid from the foreground and distance maps."""
+        diameter_min_nm = self.params["min_diameter_nm"] or 0.5 * self.sample.diameter_nm[0]
+        return post.particles_from_maps(
+            maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
+            seed_dynamic=self.seed_dynamic, seed_threshold=self.params["seed_threshold"],
+            min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
+            min_score=self.params["min_score"])
+
     def predict(self, micrograph: Micrograph) -> Instances:
         if not self.trained:
             raise EmcopilotError("unet segmenter has no weights: call fit() or load(model_dir) first")
@@ -456,12 +561,7 @@ class UNetSegmenter:
         metadata = {"segmenter": "unet", "mode": self.mode, **scaling.as_dict(), "tiles": self.last_tiles,
                     "device": str(self.device)}
         if self.mode == "particles":
-            diameter_min_nm = self.params["min_diameter_nm"] or 0.5 * self.sample.diameter_nm[0]
-            labels, scores = post.particles_from_maps(
-                maps[0], maps[1], foreground_threshold=self.params["foreground_threshold"],
-                seed_dynamic=self.seed_dynamic, seed_threshold=self.params["seed_threshold"],
-                min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
-                min_score=self.params["min_score"])
+            labels, scores = self._particles(maps)
             labels = labels_to_original(labels, scaling)
             if self.sample.kind == "clusters" and self.params["cluster_outline"] == "atoms":
                 # the atoms in the recorded contrast on the micrograph's own grid (a resampled or
@@ -474,6 +574,9 @@ class UNetSegmenter:
                 metadata["atoms_per_cluster"] = atoms.tolist()
             return Instances(labels=labels, scores=scores, metadata=metadata)
         cluster_nm = self.params["cluster_distance_nm"]
+        # the apparent width of one atom on the micrograph's own grid: the particle table fits it there
+        nm_per_px = micrograph.pixel_size_nm or self.working_pixel_size_nm
+        metadata["atom_fwhm_px"] = math.sqrt(self.sample.diameter_nm[0] * self.sample.diameter_nm[1]) / nm_per_px
         points, labels, scores = post.atoms_from_heatmap(
             maps[0], threshold=self.params["peak_threshold"], min_distance_px=self._px(self.params["min_atom_distance_nm"]),
             disk_radius_px=self._px(self.params["atom_disk_radius_nm"]),
