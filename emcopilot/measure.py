@@ -9,6 +9,7 @@ particle table, one row per object::
     perimeter_px, feret_px, min_feret_px, major_axis_px, minor_axis_px,
     [perimeter_nm, feret_nm, min_feret_nm, major_axis_nm, minor_axis_nm,]
     orientation_deg, aspect_ratio, small_for_shape,
+    [atom_fit, atom_amplitude, atom_background, atom_sigma_px, [atom_sigma_nm,]]  # atoms only
     [pixel_size_nm, pixel_size_source]        # only when the pixel size is known
 
 Every column, with its unit and definition, is described in
@@ -28,7 +29,12 @@ expected sizes: its nm columns restate the recipe more than they measure, and
 ``run.json`` gives the estimate's uncertainty). An image whose estimate is not
 credible (too few objects stand out, or their sizes disagree) has no nm columns.
 
-Points (single atoms) are rows too: their centre is the point itself. When
+Points (single atoms) are rows too. Where the finder states the apparent atom
+width (``instances.metadata["atom_fwhm_px"]``, on the micrograph's grid), each
+point is refined by a 2-D Gaussian fitted to the micrograph
+(:func:`emcopilot.atom_fit.fit_gaussians`; dark atoms on bright-field images are
+fitted inverted) and the ``atom_*`` columns give the fit; otherwise the centre
+is the point itself. When
 the instances also hold a label image, the label ``k + 1`` is taken as the
 disk of point ``k`` and gives the area and shape; a point without a disk has
 NaN area, diameter and shape and the intensity of its pixel.
@@ -56,6 +62,9 @@ LENGTH_COLUMNS_PX = ("perimeter_px", "feret_px", "min_feret_px", "major_axis_px"
 LENGTH_COLUMNS_NM = ("perimeter_nm", "feret_nm", "min_feret_nm", "major_axis_nm", "minor_axis_nm")
 FIT_COLUMNS = ("orientation_deg", "aspect_ratio", "small_for_shape")
 CALIBRATION_COLUMNS = ("pixel_size_nm", "pixel_size_source")
+#: the Gaussian fitted to each atom (tables of points only, see :mod:`emcopilot.atom_fit`)
+ATOM_COLUMNS_PX = ("atom_fit", "atom_amplitude", "atom_background", "atom_sigma_px")
+ATOM_COLUMNS_NM = ("atom_sigma_nm",)
 #: below this equivalent diameter a digital perimeter is too coarse for circularity (a digital disk of
 #: 4 px scores 1.28, of 6 px 0.98): such objects are flagged ``small_for_shape``
 SMALL_FOR_SHAPE_PX = 6.0
@@ -66,10 +75,11 @@ _SHAPE_KEYS = ("area_px", "eccentricity", "circularity", "solidity", "perimeter_
                "major_axis_px", "minor_axis_px", "orientation_deg", "aspect_ratio")
 
 
-def columns(calibrated: bool) -> list[str]:
-    """The particle-table columns, in order, with or without the nm columns."""
+def columns(calibrated: bool, atoms: bool = False) -> list[str]:
+    """The particle-table columns, in order, with or without the nm columns (and the atom fit's)."""
     return (list(PIXEL_COLUMNS) + (list(NM_COLUMNS) if calibrated else []) + list(SHAPE_COLUMNS)
             + list(LENGTH_COLUMNS_PX) + (list(LENGTH_COLUMNS_NM) if calibrated else []) + list(FIT_COLUMNS)
+            + (list(ATOM_COLUMNS_PX) + (list(ATOM_COLUMNS_NM) if calibrated else []) if atoms else [])
             + (list(CALIBRATION_COLUMNS) if calibrated else []))
 
 
@@ -125,9 +135,25 @@ def _region_table(labels: np.ndarray, intensity: np.ndarray) -> pd.DataFrame:
     })
 
 
-def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.ndarray) -> pd.DataFrame:
+def _point_table(points: np.ndarray, labels: np.ndarray | None, intensity: np.ndarray,
+                 atom_fwhm_px: float | None = None, bright: bool = True) -> pd.DataFrame:
     ids = np.arange(1, len(points) + 1, dtype=np.int64)
+    fit = None
+    if atom_fwhm_px and len(points):
+        from .atom_fit import FWHM_PER_SIGMA, fit_gaussians
+        fit = fit_gaussians(intensity if bright else -np.asarray(intensity, np.float64), points,
+                            float(atom_fwhm_px) / FWHM_PER_SIGMA)
+        points = fit.points
     table = pd.DataFrame({"id": ids, "x": points[:, 1], "y": points[:, 0]})
+    if fit is not None:
+        table["atom_fit"] = fit.converged
+        table["atom_amplitude"] = fit.amplitude if bright else -fit.amplitude
+        table["atom_background"] = fit.background if bright else -fit.background
+        table["atom_sigma_px"] = fit.sigma_px
+    else:
+        table["atom_fit"] = False
+        for key in ATOM_COLUMNS_PX[1:]:
+            table[key] = np.nan
     regions = _region_table(labels, intensity) if labels is not None else None
     if regions is not None and len(regions):
         regions = regions.drop(columns=["x", "y"])
@@ -179,8 +205,11 @@ def particle_table(instances: Instances, micrograph: Micrograph,
         from .errors import InputError
         raise InputError(f"{micrograph.name}: label image {labels.shape} does not match the micrograph "
                          f"{micrograph.shape}")
-    if instances.points is not None:
-        table = _point_table(instances.points, labels, micrograph.data)
+    atoms = instances.points is not None
+    if atoms:
+        bright = not (micrograph.modality or "").lower().startswith("bf")
+        table = _point_table(instances.points, labels, micrograph.data, instances.metadata.get("atom_fwhm_px"),
+                             bright)
     else:
         table = _region_table(labels, micrograph.data)
     height, width = micrograph.shape
@@ -197,9 +226,11 @@ def particle_table(instances: Instances, micrograph: Micrograph,
         table["eq_diameter_nm"] = table["eq_diameter_px"] * pixel_size_nm
         for px_column, nm_column in zip(LENGTH_COLUMNS_PX, LENGTH_COLUMNS_NM):
             table[nm_column] = table[px_column] * pixel_size_nm
+        if atoms:
+            table["atom_sigma_nm"] = table["atom_sigma_px"] * pixel_size_nm
         table["pixel_size_nm"] = float(pixel_size_nm)
         table["pixel_size_source"] = source
-    table = table[columns(pixel_size_nm is not None)].reset_index(drop=True)
+    table = table[columns(pixel_size_nm is not None, atoms)].reset_index(drop=True)
     for key in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"):
         table[key] = table[key].astype(np.int64)
     table["id"] = table["id"].astype(np.int64)
