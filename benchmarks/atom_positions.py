@@ -17,7 +17,13 @@ benchmark reports the rms position error (pixels) of
 with the share of fits that converged, the fitted width against the drawn
 one, and the fit's time per 1000 atoms.
 
-    python benchmarks/atom_positions.py [--frames 4] [--side-px 512] [--out atom_positions.json]
+With ``--model`` (a trained ``single-atom-catalyst-haadf`` model folder, e.g. a
+run's ``model/``) it also segments the acstem-dev images with that model twice,
+atoms as fitted and as the heatmap found them (``atom_position_fit=false``), and
+scores both against the clicked atoms (within 0.1 nm) with ``emcopilot evaluate``:
+the fit must not cost detections.
+
+    python benchmarks/atom_positions.py [DATA] [--frames 4] [--side-px 512] [--model RUN/model] [--out atom_positions.json]
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from emcopilot.atom_fit import FWHM_PER_SIGMA, fit_gaussians  # noqa: E402
 from emcopilot.interfaces import Micrograph  # noqa: E402
@@ -97,8 +104,31 @@ def measure(dose: float, side_px: int, seed: int) -> dict:
             "fit_s_per_1000_atoms": 1000 * fit_s / max(1, len(peaks)), "pixel_size_nm": pixel_nm}
 
 
+def acstem_scores(data: Path, model: Path, work: Path) -> dict:
+    """F1 on acstem-dev of ``model`` with atoms fitted and as detected."""
+    import subprocess
+
+    from closed_loop import evaluate_args, select_images
+
+    images = [str(p) for p in select_images(data, "acstem")]
+    scores = {}
+    for name, fit in (("gaussian", "true"), ("detected", "false")):
+        out = work / name
+        command = [sys.executable, "-m", "emcopilot", "segment", "--model", str(model), "--input", *images,
+                   "--out", str(out), "--param", f"atom_position_fit={fit}", "--no-progress"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "emcopilot", *evaluate_args(data, "acstem", out, work / f"{name}.json")],
+                       check=True, stdout=subprocess.DEVNULL)
+        summary = json.loads((work / f"{name}.json").read_text())["pooled"]
+        scores[name] = {key: summary[key] for key in ("f1", "precision", "recall") if key in summary}
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--model", type=Path, help="a trained single-atom model folder: also score acstem-dev")
+    parser.add_argument("--work", type=Path, help="keep the segment runs here (default: a temporary folder)")
     parser.add_argument("--frames", type=int, default=4, help="frames per dose")
     parser.add_argument("--side-px", type=int, default=512)
     parser.add_argument("--out", help="JSON report")
@@ -119,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             "fit_s_per_1000_atoms": float(np.median([r["fit_s_per_1000_atoms"] for r in mine]))}
     report = {"benchmark": "atom_positions", "recipe": RECIPE, "side_px": args.side_px, "match_nm": MATCH_NM,
               "doses_e_per_A2": list(doses), "pooled_by_dose": pooled, "frames": rows}
+    if args.model:
+        import tempfile
+        with tempfile.TemporaryDirectory() as temporary:
+            work = args.work or Path(temporary)
+            work.mkdir(parents=True, exist_ok=True)
+            report["acstem_dev"] = acstem_scores(Path(args.data), args.model, work)
+        print(json.dumps(report["acstem_dev"], indent=2))
     text = json.dumps(report, indent=2)
     print(json.dumps(pooled, indent=2))
     if args.out:

@@ -12,7 +12,12 @@ Three kinds of images, each run through the function the loop uses
 - ``synthetic``: frames rendered by the physics engine (layout sampler,
   ``physical`` generator, the recipe's physics adapter) from the recipe's own size
   range at ten pixel sizes from 0.4x to 2.5x its working scale (truth: the
-  rendering's pixel size).
+  rendering's pixel size);
+- ``scales``: the same engine at ten pixel sizes from 0.005 to 0.5 nm/px (a
+  40,000,000x to 400,000x range of magnifications), each frame drawn for every
+  built-in HAADF/BF recipe whose typical object spans 3 to 64 pixels there
+  (single atoms at the fine end, clusters in the middle, particles at the
+  coarse end).
 
 The error of one image is ``estimate / truth``; a set is summarised by the median
 of ``|estimate / truth - 1|`` and the worst factor ``max(r, 1/r)``, against the
@@ -28,7 +33,7 @@ zero), which is how far the estimate is from what an unseen image gets.
 
 Usage::
 
-    python benchmarks/scale_estimate.py [DATA] [--kinds stripped boxes synthetic] [--out results/scale.json]
+    python benchmarks/scale_estimate.py [DATA] [--kinds stripped boxes synthetic scales] [--out results/scale.json]
 """
 from __future__ import annotations
 
@@ -46,6 +51,9 @@ BF_IMAGES = {"PtC1", "PtCo1", "PtCo3", "Pt_carbon1"}
 TARGETS = {"median_abs_error_max": 0.15, "worst_factor_max": 1.5}
 SYNTHETIC_FACTORS = np.geomspace(0.4, 2.5, 10)
 SYNTHETIC_RECIPES = ("nanoparticles-haadf", "nanoparticles-bf-stem", "single-atom-catalyst-haadf")
+SCALES_NM = np.geomspace(0.005, 0.5, 10)
+SCALES_RECIPES = SYNTHETIC_RECIPES + ("subnm-clusters-haadf",)
+SCALES_OBJECT_PX = (3.0, 64.0)  # a recipe is drawn at a scale where its typical object spans this many pixels
 
 
 def estimate(micrograph, recipe) -> dict:
@@ -107,6 +115,30 @@ def synthetic(side_px: int = 512, seed: int = 7):
                    **estimate(micrograph, recipe)}
 
 
+def scales(side_px: int = 512, seed: int = 11):
+    """Frames at the ten :data:`SCALES_NM`, each for the recipes whose objects are drawable there."""
+    from emcopilot.interfaces import Micrograph
+    from emcopilot.layout import LayoutSpec, sample_layout
+    from emcopilot.plugins import get_registry
+    from emcopilot.recipe import load_recipe
+    registry = get_registry()
+    rng = np.random.default_rng(seed)
+    for pixel_size_nm in map(float, SCALES_NM):
+        for name in SCALES_RECIPES:
+            recipe = load_recipe(name)
+            typical_px = math.sqrt(math.prod(recipe.sample.diameter_nm)) / pixel_size_nm
+            if not SCALES_OBJECT_PX[0] <= typical_px <= SCALES_OBJECT_PX[1]:
+                continue
+            generator = registry.get("generator", "physical").create({}, recipe.sample)
+            adapter = registry.get("physics_adapter", recipe.physics_adapter.plugin).create({}, recipe.sample)
+            layout = sample_layout(LayoutSpec.from_sample(recipe.sample), (side_px, side_px), pixel_size_nm, rng)
+            [clean] = generator.generate([layout], rng)
+            image = adapter.apply(clean, pixel_size_nm, rng, layout=layout)
+            micrograph = Micrograph(np.asarray(image, np.float32), None, name=f"{name}@{pixel_size_nm:.4g}")
+            yield {"set": "scales", "image": micrograph.name, "recipe": name, "truth_nm": pixel_size_nm,
+                   **estimate(micrograph, recipe)}
+
+
 def summarise(rows: list[dict]) -> dict:
     ratios = np.array([row["ratio"] for row in rows if row.get("ratio")], float)
     if not len(ratios):
@@ -147,14 +179,14 @@ def leave_one_out(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--kinds", nargs="+", default=["stripped", "boxes", "synthetic"],
-                        choices=["stripped", "boxes", "synthetic"])
+    parser.add_argument("--kinds", nargs="+", default=["stripped", "boxes", "synthetic", "scales"],
+                        choices=["stripped", "boxes", "synthetic", "scales"])
     parser.add_argument("--out", help="JSON report")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # one warning per uncalibrated image is the point here
     from emcopilot.errors import InputError
     data = Path(args.data)
-    sources = {"stripped": lambda: stripped(data), "boxes": lambda: boxes(data), "synthetic": synthetic}
+    sources = {"stripped": lambda: stripped(data), "boxes": lambda: boxes(data), "synthetic": synthetic, "scales": scales}
     result = {"targets": TARGETS, "kinds": {}}
     for kind in args.kinds:
         rows, started = [], time.perf_counter()

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: candidates: within this fraction of the grey range of the darkest or brightest level
 LEVEL_TOLERANCE = 0.08
+#: label pixels this far from the bar's level (share of the frame's range) count as ground, not ink
+LABEL_CONTRAST = 0.35
 #: bars are searched in this fraction of the height at the top and the bottom of the frame
 EDGE_BAND = 0.3
 #: a bar fills at least this share of its bounding box
@@ -94,9 +96,28 @@ class ScaleBar:
                 "label_nm": self.label_nm}
 
 
+#: letters an OCR engine reads for digits in a label such as "10 nm" ("1O nm", "l0 nm")
+_DIGIT_LOOKALIKES = str.maketrans({"O": "0", "o": "0", "D": "0", "Q": "0", "l": "1", "I": "1", "|": "1", "i": "1",
+                                   "S": "5", "B": "8", "Z": "2"})
+_NUMBER_BEFORE_UNIT = re.compile(r"([0-9OoDQlI|iSBZ][0-9OoDQlI|iSBZ.,]*)(\s*)(pm|Å|A|nm|µm|μm|um|mm)(?![a-z])")
+
+
+def _ocr_digits(text: str) -> str:
+    """Read look-alike letters as digits where a number must stand, before a unit."""
+    def fix(match: re.Match) -> str:
+        number = match.group(1)
+        if not any(ch.isdigit() for ch in number) and len(number) > 1:
+            return match.group(0)  # a word, not a misread number
+        number = number.translate(_DIGIT_LOOKALIKES)
+        if re.fullmatch(r"0\d+", number):  # "05 nm": a lost decimal point, labels never pad with zeros
+            number = "0." + number[1:]
+        return number + match.group(2) + match.group(3)
+    return _NUMBER_BEFORE_UNIT.sub(fix, text)
+
+
 def parse_label(text: str) -> float | None:
     """The length in nm a scale-bar label states (``'10 nm'`` -> 10, ``'500 pm'`` -> 0.5), else ``None``."""
-    found = _LABEL.search(text.replace("\n", " "))
+    found = _LABEL.search(_ocr_digits(text.replace("\n", " ")))
     if not found:
         return None
     value = float(found.group(1).replace(",", "."))
@@ -216,14 +237,33 @@ def read_label(image: np.ndarray, bar: ScaleBar,
             return None, why
     r0, c0, r1, c1 = bar.label_box
     pad = 4
-    crop = np.asarray(image[max(0, r0 - pad):r1 + pad, max(0, c0 - pad):c1 + pad], np.float32)
-    low, high = float(crop.min()), float(crop.max())
-    grey = np.zeros(crop.shape, np.uint8) if high <= low else ((crop - low) / (high - low) * 255).astype(np.uint8)
-    if bar.bright:  # Tesseract reads dark text on a light ground best
-        grey = 255 - grey
-    grey = np.kron(grey, np.ones((3, 3), np.uint8))  # small labels read better enlarged
-    text = engine(grey).strip()
-    return parse_label(text), text
+    image = np.asarray(image, np.float32)
+    low, high = float(image.min()), float(image.max())
+    crop = image[max(0, r0 - pad):r1 + pad, max(0, c0 - pad):c1 + pad]
+    # the label is drawn at the bar's level: those pixels become black text on white, everything
+    # else (the support's texture round the letters) white, which Tesseract reads far better
+    level = high if bar.bright else low
+    distance = np.abs(crop - level) / max(high - low, 1e-12)  # 0 at the label's level
+    grey = (np.clip(distance / LABEL_CONTRAST, 0, 1) * 255).astype(np.uint8)  # anti-aliased edges stay grey
+    grey = np.pad(_enlarge(grey, 3), 12, constant_values=255)  # small labels read better enlarged
+    text = ""
+    for attempt in (grey, _thicken(grey)):
+        text = engine(attempt).strip()
+        value = parse_label(text)
+        if value is not None:
+            return value, text
+    return None, text
+
+
+def _enlarge(grey: np.ndarray, factor: int) -> np.ndarray:
+    from scipy import ndimage
+    return np.clip(ndimage.zoom(grey.astype(np.float32), factor, order=1), 0, 255).astype(np.uint8)
+
+
+def _thicken(grey: np.ndarray) -> np.ndarray:
+    """Thin anti-aliased strokes, one pixel bolder: a second chance for the OCR."""
+    from scipy import ndimage
+    return ndimage.grey_erosion(grey, size=(3, 3))
 
 
 # --------------------------------------------------------------------------- micrographs

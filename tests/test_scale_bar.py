@@ -165,10 +165,22 @@ def test_the_command_line_takes_the_bar_length(tmp_path):
 
 
 @pytest.mark.skipif(scale_bar.ocr_engine()[0] is None, reason="no OCR engine (pytesseract and tesseract) here")
-def test_tesseract_reads_a_drawn_label(tmp_path):
-    path, _ = export(tmp_path, length_px=200, text="20 nm", side=(600, 800))
+@pytest.mark.parametrize("text, nm, length_px, bright, fmt", [
+    ("20 nm", 20.0, 200, True, "png"), ("5 nm", 5.0, 120, True, "png"), ("500 pm", 0.5, 90, True, "png"),
+    ("50 nm", 50.0, 250, False, "png"), ("10 nm", 10.0, 137, True, "jpg"), ("2 nm", 2.0, 60, False, "jpg"),
+    ("100 nm", 100.0, 200, True, "jpg"), ("0.5 nm", 0.5, 80, True, "png"), ("200 nm", 200.0, 240, False, "jpg")])
+def test_tesseract_reads_a_drawn_label(tmp_path, text, nm, length_px, bright, fmt):
+    path, _ = export(tmp_path, f"bar.{fmt}", length_px=length_px, text=text, bright=bright,
+                     quality=90 if fmt == "jpg" else None)
     micrograph, = read_micrograph(path)
-    assert micrograph.pixel_size_nm == pytest.approx(20.0 / 200, rel=0.01)
+    assert micrograph.metadata["scale_bar"]["label_nm"] == pytest.approx(nm)
+    assert micrograph.pixel_size_nm == pytest.approx(nm / length_px, rel=0.01)
+
+
+def test_digits_misread_as_letters_are_read_as_digits():
+    assert parse_label("1Onm") == 10.0 and parse_label("5onm") == 50.0 and parse_label("l0 nm") == 10.0
+    assert parse_label("05nm") == 0.5  # a lost decimal point
+    assert parse_label("Scale 5 nm") == 5.0 and parse_label("nm") is None and parse_label("208") is None
 
 
 def test_no_development_image_carries_a_bar(shared_data):

@@ -68,6 +68,9 @@ UNET_PARAMS = {
     "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),
     "peak_threshold": Param(0.5, float, min=0.0, max=1.0, help="least heatmap height of a detected atom"),
     "min_atom_distance_nm": Param(0.15, float, min=0.0, unit="nm", help="least distance between detected atoms"),
+    "atom_position_fit": Param(True, bool,
+                               help="refine each atom to a fraction of a pixel by a 2-D Gaussian fitted to the "
+                                    "micrograph (the particle table's atom_* columns); false: the heatmap peak"),
     "atom_disk_radius_nm": Param(0.1, float, min=0.0, unit="nm", help="radius of an atom's disk in the label image"),
     "cluster_distance_nm": Param(None, float, min=0.0, unit="nm",
                                  help="atoms closer than this share one label (a cluster); none: one label per atom"),

@@ -575,8 +575,9 @@ class UNetSegmenter:
             return Instances(labels=labels, scores=scores, metadata=metadata)
         cluster_nm = self.params["cluster_distance_nm"]
         # the apparent width of one atom on the micrograph's own grid: the particle table fits it there
-        nm_per_px = micrograph.pixel_size_nm or self.working_pixel_size_nm
-        metadata["atom_fwhm_px"] = math.sqrt(self.sample.diameter_nm[0] * self.sample.diameter_nm[1]) / nm_per_px
+        if self.params["atom_position_fit"]:
+            nm_per_px = micrograph.pixel_size_nm or self.working_pixel_size_nm
+            metadata["atom_fwhm_px"] = math.sqrt(self.sample.diameter_nm[0] * self.sample.diameter_nm[1]) / nm_per_px
         points, labels, scores = post.atoms_from_heatmap(
             maps[0], threshold=self.params["peak_threshold"], min_distance_px=self._px(self.params["min_atom_distance_nm"]),
             disk_radius_px=self._px(self.params["atom_disk_radius_nm"]),
