@@ -1,4 +1,9 @@
-"""``report.html``: one self-contained file a microscopist can check by eye.
+"""``report.html``: one self-contained page a microscopist can check by eye.
+
+Its thumbnails link to full-resolution overlays in ``overlays/`` beside it, each
+object labelled with its ``id`` in ``particles.csv``; every overlay has a scale bar
+(in nm where the scale is known or credibly estimated, marked "estimated" then,
+else in pixels).
 
 Figures are drawn with matplotlib on figures of their own (pyplot's backend is left alone, so a
 notebook's inline plots keep working) and embedded as base64 PNG; the page has no scripts and
@@ -20,6 +25,8 @@ from .rundir import write_text
 
 MAX_OVERLAYS = 12
 OVERLAY_PX = 640
+#: full-resolution overlays (``overlays/`` beside the report) are at most this many pixels a side
+FULL_OVERLAY_PX = 2048
 
 
 def _figure_png(fig) -> str:
@@ -37,25 +44,72 @@ def _display(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / (high - low + 1e-12), 0, 1)
 
 
-def overlay_figure(micrograph: Micrograph, instances: Instances) -> str:
+def nice_length(target: float) -> float:
+    """The 1, 2 or 5 x 10^k at or below ``target`` (a scale bar's length)."""
+    if not target > 0:
+        return 0.0
+    exponent = 10.0 ** np.floor(np.log10(target))
+    return float(max(m for m in (1.0, 2.0, 5.0) if m * exponent <= target * (1 + 1e-9)) * exponent)
+
+
+def _scale_bar(axis, width_px: float, step: int, nm_per_px: float | None, estimated: bool, fontsize: float) -> None:
+    """A scale bar at the lower right: about a fifth of the width, in nm where the scale is known."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+    if nm_per_px:
+        length = nice_length(0.2 * width_px * nm_per_px)
+        label, length_px = f"{length:g} nm" + (" (estimated)" if estimated else ""), length / nm_per_px
+    else:
+        length_px = nice_length(0.2 * width_px)
+        label = f"{length_px:g} px"
+    bar = AnchoredSizeBar(axis.transData, length_px / step, label, "lower right", pad=0.3, color="white",
+                          frameon=True, size_vertical=max(1.0, width_px / step / 150),
+                          fontproperties={"size": fontsize})
+    bar.patch.set(facecolor="black", alpha=0.45, edgecolor="none")  # readable on bright support too
+    axis.add_artist(bar)
+
+
+def overlay_figure(micrograph: Micrograph, instances: Instances, *, nm_per_px: float | None = None,
+                   estimated: bool = False, ids=None, full: bool = False) -> str:
+    """Outlines (and atoms) over the micrograph with a scale bar; base64 PNG.
+
+    A thumbnail by default; ``full``: one image pixel per output pixel (frames above
+    :data:`FULL_OVERLAY_PX` are halved until they fit) with each object's table ``id`` (``ids``:
+    rows of x, y, id) written beside it.
+    """
     from matplotlib.figure import Figure
     from skimage.segmentation import find_boundaries
-    step = max(1, int(np.ceil(max(micrograph.shape) / OVERLAY_PX)))  # downsample big frames
+    limit = FULL_OVERLAY_PX if full else OVERLAY_PX
+    step = max(1, int(np.ceil(max(micrograph.shape) / limit)))  # downsample big frames
     image = _display(micrograph.data[::step, ::step])
-    fig = Figure(figsize=(5, 5))
-    axis = fig.subplots()
-    axis.imshow(image, cmap="gray")
+    if full:
+        height, width = image.shape
+        fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+        axis = fig.add_axes((0, 0, 1, 1))
+    else:
+        fig = Figure(figsize=(5, 5))
+        axis = fig.subplots()
+    axis.imshow(image, cmap="gray", interpolation="nearest")
     if instances.labels is not None and instances.labels.any():
         edges = find_boundaries(instances.labels, mode="inner")[::step, ::step]
         colour = np.zeros(edges.shape + (4,))
         colour[edges] = (1.0, 0.55, 0.0, 0.9)
-        axis.imshow(colour)
+        axis.imshow(colour, interpolation="nearest")
     if instances.points is not None and len(instances.points):
         axis.plot(instances.points[:, 1] / step, instances.points[:, 0] / step, "o", mfc="none",
                   mec="#00c8ff", ms=4, mew=0.8)
-    # parse_math off: a file name such as a$\frac$.png is text, not mathtext to be rendered (or fail)
-    axis.set_title(f"{micrograph.name}: {instances.count} objects", fontsize=9, parse_math=False)
+    if full and ids is not None:
+        for x, y, identifier in ids:
+            axis.text(x / step + 2, y / step - 2, str(int(identifier)), color="#ffe14d", fontsize=6,
+                      ha="left", va="bottom", parse_math=False)
+    _scale_bar(axis, micrograph.shape[1], step, nm_per_px, estimated, 7 if full else 8)
+    if not full:
+        # parse_math off: a file name such as a$\frac$.png is text, not mathtext to be rendered (or fail)
+        axis.set_title(f"{micrograph.name}: {instances.count} objects", fontsize=9, parse_math=False)
     axis.set_axis_off()
+    if full:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
     return _figure_png(fig)
 
 
@@ -96,6 +150,36 @@ def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
     return _figure_png(fig)
 
 
+def _atom_summary(table, pooled: Mapping[str, Any]) -> dict[str, Any]:
+    """Single atoms have no size: their count, density and fitted profiles instead."""
+    fitted = table[table["atom_fit"].astype(bool)]
+    rows = {"images": pooled.get("images"), "atoms detected": int(len(table)),
+            "with a fitted Gaussian (sub-pixel position)": int(len(fitted))}
+    if "atom_sigma_nm" in table and len(fitted):
+        rows["median fitted FWHM (nm)"] = float(np.nanmedian(fitted["atom_sigma_nm"]) * 2.3548)
+    elif len(fitted):
+        rows["median fitted FWHM (px)"] = float(np.nanmedian(fitted["atom_sigma_px"]) * 2.3548)
+    unit = "nm" if "atom_sigma_nm" in table else "px"
+    if pooled.get("density_per_unit2") is not None:
+        rows[f"density (per {unit}²)"] = pooled.get("density_per_unit2")
+    return rows
+
+
+def atom_histogram_figure(table) -> str | None:
+    """The fitted peak heights: one atom per column gives one mode, dimers and heavier atoms more."""
+    from matplotlib.figure import Figure
+    heights = table.loc[table["atom_fit"].astype(bool), "atom_amplitude"].to_numpy(float)
+    heights = heights[np.isfinite(heights)]
+    if len(heights) < 2:
+        return None
+    fig = Figure(figsize=(6, 3.6))
+    axis = fig.subplots()
+    axis.hist(heights, bins=min(40, max(5, len(heights) // 8)), color="#4c72b0", alpha=0.8)
+    axis.set_xlabel("fitted peak height above the local background (image units)")
+    axis.set_ylabel("atoms")
+    return _figure_png(fig)
+
+
 def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray]) -> str | None:
     from matplotlib.figure import Figure
     count = min(4, len(real), len(synthetic))
@@ -124,6 +208,11 @@ def _series(history: Mapping[str, Any]) -> tuple[list | None, dict[str, list]]:
 
 def curves_figure(histories: Mapping[str, Mapping[str, Any]]) -> str | None:
     from matplotlib.figure import Figure
+    histories = dict(histories)
+    for stage, history in list(histories.items()):  # a stage's own sub-histories (e.g. self-training)
+        for name, sub in (history or {}).items():
+            if isinstance(sub, Mapping) and isinstance(sub.get("step"), list):
+                histories[f"{stage}: {name}"] = sub
     panels = {stage: _series(history or {}) for stage, history in histories.items()}
     panels = {stage: panel for stage, panel in panels.items() if panel[1]}
     if not panels:
@@ -171,14 +260,21 @@ RANGE_EDGE_FACTOR = 1.2
 
 def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
                  calibration: Mapping[str, Mapping[str, Any]], diameter_nm: Sequence[float],
-                 planned_steps: Mapping[str, int]) -> list[str]:
+                 planned_steps: Mapping[str, int], kind: str = "particles") -> list[str]:
     """What a reader of the report must know before quoting its numbers, each with its fix.
 
     Training cut short by ``max_minutes`` (steps done of planned), images where nothing was found,
-    images whose scale was estimated, and a size distribution at an edge of the recipe's range.
+    images whose scale was estimated, and a size distribution at an edge of the recipe's range
+    (not for single atoms, whose "size" is the disk drawn for each).
     """
     warnings = []
-    for stage, history in histories.items():
+    for stage, history in list(histories.items()):
+        for name, sub in (history or {}).items():  # e.g. the segmenter's self-training
+            if isinstance(sub, Mapping) and sub.get("stopped_early"):
+                warnings.append(f"The {stage}'s {'self-training' if name == 'adapt' else name} trained "
+                                f"{sub.get('steps', '?')} of {sub.get('planned_steps', '?')} planned steps "
+                                f"({sub['stopped_early']}). Give more time with --max-minutes, or run on a GPU "
+                                f"(--profile full).")
         if history and history.get("stopped_early"):
             done = history.get("steps", len(history.get("step", [])))
             warnings.append(f"The {stage} trained {done} of {planned_steps.get(stage, '?')} planned steps "
@@ -204,7 +300,7 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
                         + (" ..." if len(refused) > 5 else "") + ". Their tables are in pixels; give their "
                         f"pixel size with --calibration table.csv.")
     median = statistics.get("pooled", {}).get("median")
-    if statistics.get("unit") == "nm" and median and len(diameter_nm) == 2:
+    if kind != "atoms" and statistics.get("unit") == "nm" and median and len(diameter_nm) == 2:
         low, high = (float(v) for v in diameter_nm)
         if median < low * RANGE_EDGE_FACTOR or median > high / RANGE_EDGE_FACTOR:
             warnings.append(f"The median diameter, {median:.3g} nm, is at the edge of the recipe's range "
@@ -225,6 +321,30 @@ def _scale_text(entry: Mapping[str, Any] | None) -> str:
     return f", {entry['pixel_size_nm']:.4g} nm/px ({source})"
 
 
+def _overlay_link(folder: Path, micrograph: Micrograph, instances: Instances, table,
+                  calibration: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+    """The HTML of a thumbnail linking to ``overlays/<image>.png``, both with a scale bar at the image's scale, and the overlay's relative path."""
+    from .measure import mask_file_name
+    from .rundir import atomic_path
+    entry = calibration.get(micrograph.name) or {}
+    nm_per_px = entry.get("pixel_size_nm", micrograph.pixel_size_nm)
+    if entry.get("credible") is False:
+        nm_per_px = None  # its table is in pixels: so is its bar
+    estimated = entry.get("source") == "estimated"
+    rows = None
+    if table is not None and len(table) and {"image", "x", "y", "id"} <= set(table.columns):
+        mine = table[table["image"] == micrograph.name]
+        rows = mine[["x", "y", "id"]].to_numpy()
+    full = overlay_figure(micrograph, instances, nm_per_px=nm_per_px, estimated=estimated, ids=rows, full=True)
+    name = "overlays/" + mask_file_name(micrograph.name)[:-len(".tif")] + ".png"
+    (folder / "overlays").mkdir(exist_ok=True)
+    with atomic_path(folder / name) as temporary:
+        Path(temporary).write_bytes(base64.b64decode(full))
+    thumbnail = _img(overlay_figure(micrograph, instances, nm_per_px=nm_per_px, estimated=estimated),
+                     f"detections on {micrograph.name}")
+    return f'<a href="{html.escape(name)}">{thumbnail}</a>', name
+
+
 def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], instances: Sequence[Instances],
                  table, statistics: Mapping[str, Any], run_info: Mapping[str, Any],
                  synthetic: Sequence[np.ndarray] = (), histories: Mapping[str, Any] | None = None,
@@ -243,14 +363,28 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
                "95% CI of the mean (sampling)": (pooled.get("ci") or {}).get("mean"),
                "95% CI of the mean (sampling and estimated scale)": (pooled.get("ci_total") or {}).get("mean"),
                f"density (per {unit}²)": pooled.get("density_per_unit2")}
-    sections.append("<h2>Size distribution</h2>" + _table({k: v for k, v in summary.items() if v is not None}))
-    histogram = histogram_figure(table, statistics)
-    if histogram:
-        sections.append(_img(histogram, "size histogram with lognormal fit"))
+    if table is not None and "atom_fit" in getattr(table, "columns", ()):
+        sections.append("<h2>Atoms</h2>" + _table(_atom_summary(table, pooled)))
+        histogram = atom_histogram_figure(table)
+        if histogram:
+            sections.append(_img(histogram, "histogram of the fitted atom peak heights"))
+    else:
+        sections.append("<h2>Size distribution</h2>" + _table({k: v for k, v in summary.items() if v is not None}))
+        histogram = histogram_figure(table, statistics)
+        if histogram:
+            sections.append(_img(histogram, "size histogram with lognormal fit"))
     chosen = list(range(len(micrographs)))[:: max(1, int(np.ceil(len(micrographs) / MAX_OVERLAYS)))]
-    overlays = "".join(_img(overlay_figure(micrographs[i], instances[i]), f"detections on {micrographs[i].name}")
-                       for i in chosen)
-    sections.append(f"<h2>Detections ({len(chosen)} of {len(micrographs)} images)</h2><div class='grid'>{overlays}</div>")
+    calibration = run_info.get("calibration") or {}
+    links = [_overlay_link(Path(path).parent, micrographs[i], instances[i], table, calibration) for i in chosen]
+    overlays = "".join(link for link, _ in links)
+    written = {name for _, name in links}
+    for stale in (Path(path).parent / "overlays").glob("*.png"):  # an earlier run's images in the same folder
+        if f"overlays/{stale.name}" not in written:
+            stale.unlink()
+    sections.append(f"<h2>Detections ({len(chosen)} of {len(micrographs)} images)</h2>"
+                    "<p>Each thumbnail opens the full-resolution overlay, with every object's <code>id</code> "
+                    "from <code>particles.csv</code>.</p>"
+                    f"<div class='grid'>{overlays}</div>")
     montage = montage_figure([m.data for m in micrographs], synthetic)
     if montage:
         sections.append("<h2>Real vs synthetic</h2>" + _img(montage, "real and synthetic micrographs"))
@@ -259,7 +393,6 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
         sections.append("<h2>Training</h2>" + _img(curves, "training curves"))
     if metrics:
         sections.append("<h2>Metrics</h2>" + _table(metrics))
-    calibration = run_info.get("calibration") or {}
     per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {s.get('unit', unit)}"
                        f"{_scale_text(calibration.get(name))}"
                  for name, s in statistics.get("per_image", {}).items()}

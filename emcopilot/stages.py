@@ -342,7 +342,7 @@ class LoopState:
         warnings = run_warnings(histories=histories, statistics=result.statistics,
                                 calibration=self.loop.calibration, diameter_nm=self.sample.diameter_nm,
                                 planned_steps={stage: int(self.loop.profile[f"{stage}_steps"])
-                                               for stage in histories})
+                                               for stage in histories}, kind=self.sample.kind)
         write_report(self.run.root / "report.html", title=title, micrographs=self.micrographs,
                      instances=self.predictions, table=result.table, statistics=result.statistics,
                      run_info=result.run_info, synthetic=list(images[:4]), histories=histories,

@@ -113,3 +113,60 @@ def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
         statistics={"pooled": {}, "per_image": {}, "unit": "nm", "diameter": "eq_diameter_nm"}, run_info={},
         warnings=["careful <here>"]).read_text()
     assert "<div class='warning' role='alert'>careful &lt;here&gt;</div>" in page
+
+
+def test_thumbnails_link_full_resolution_overlays_with_the_tables_ids_and_scale_bars(tmp_path):
+    import imageio.v3 as iio
+
+    from emcopilot.report import nice_length
+
+    text = make_report(tmp_path).read_text()
+    links = re.findall(r'<a href="(overlays/[^"]+\.png)"><img', text)
+    assert links == ["overlays/a.tif.png"]
+    full = iio.imread(tmp_path / links[0])
+    assert full.shape[:2] == (96, 96)  # one image pixel per overlay pixel
+    assert [nice_length(v) for v in (0.9, 3.84, 19.2, 73.0, 100.0)] == [0.5, 2.0, 10.0, 50.0, 100.0]
+    # run again into the same folder with another image: the first image's overlay goes
+    (tmp_path / "overlays" / "old.png").write_bytes(b"")
+    make_report(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["a.tif.png"]
+
+
+def test_self_training_gets_its_own_training_curve(monkeypatch):
+    import matplotlib.figure
+
+    from emcopilot.report import curves_figure
+
+    drawn = []
+    original = matplotlib.figure.Figure.subplots
+    monkeypatch.setattr(matplotlib.figure.Figure, "subplots",
+                        lambda self, *args, **kwargs: drawn.append(args[:2]) or original(self, *args, **kwargs))
+    assert curves_figure({"segmenter": {"loss": [1.0, 0.5], "step": [10, 20],
+                                        "adapt": {"loss": [0.4, 0.3], "step": [10, 20]}}})
+    assert drawn == [(1, 2)]  # the training and the self-training side by side
+
+
+def test_single_atoms_are_reported_by_count_and_fitted_profile_not_by_a_disk_size(tmp_path):
+    from emcopilot.report import run_warnings
+
+    atoms = {"unit": "nm", "pooled": {"median": 0.2}, "per_image": {"a.tif": {"detected": 30}}}
+    common = dict(statistics=atoms, calibration={"a.tif": {"source": "file"}}, diameter_nm=(0.08, 0.2),
+                  planned_steps={"segmenter": 1000})
+    assert run_warnings(histories={"segmenter": {"steps": 1000}}, kind="atoms", **common) == []
+    assert len(run_warnings(histories={"segmenter": {"steps": 1000}}, **common)) == 1  # particles: at the edge
+    cut = run_warnings(histories={"segmenter": {"steps": 1000, "adapt": {
+        "steps": 90, "planned_steps": 400, "stopped_early": "max_minutes 3.5 reached after step 90"}}},
+        kind="atoms", **common)
+    assert cut == ["The segmenter's self-training trained 90 of 400 planned steps (max_minutes 3.5 reached after "
+                   "step 90). Give more time with --max-minutes, or run on a GPU (--profile full)."]
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"image": "a.tif", "id": np.arange(1, 31), "x": rng.uniform(0, 64, 30),
+                          "y": rng.uniform(0, 64, 30), "eq_diameter_nm": 0.2, "touches_edge": False,
+                          "atom_fit": np.arange(30) % 3 > 0, "atom_amplitude": rng.normal(50, 5, 30),
+                          "atom_sigma_nm": 0.05})
+    page = write_report(tmp_path / "r.html", title="t", micrographs=[Micrograph(np.zeros((64, 64)), 0.03, name="a.tif")],
+                        instances=[Instances(points=table[["y", "x"]].to_numpy())], table=table,
+                        statistics={"pooled": {"images": 1}, "per_image": {}, "unit": "nm"}, run_info={}).read_text()
+    assert "<h2>Atoms</h2>" in page and "Size distribution" not in page
+    assert "<td>20</td>" in page  # atoms with a fitted Gaussian
+    assert 'alt="histogram of the fitted atom peak heights"' in page
