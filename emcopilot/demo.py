@@ -66,24 +66,19 @@ def make_experiment(recipe: Recipe, directory: Path, *, count: int = DEMO_IMAGES
 
 
 def score(recipe: Recipe, predictions: list[Instances], truths: list[Instances]) -> dict[str, Any]:
-    """The recipe's metrics, pooled over images (detection counts summed)."""
+    """The recipe's metrics against the hidden truth, pooled over images (the images side by side as
+    one mosaic, so that detection counts add up), keyed by plugin name; metrics that compare images
+    rather than objects are left out."""
+    from .scoring import mosaic
     registry = get_registry()
-    tp = fp = fn = 0
-    detection = registry.get("metric", "detection").create({}, recipe.sample)
-    sizes = registry.get("metric", "size-distribution").create({"prefer_nm": False}, recipe.sample)
-    predicted_d, true_d = [], []
-    from .evaluate import diameters_of
-    for prediction, truth in zip(predictions, truths):
-        result = detection(prediction, truth)
-        tp, fp, fn = tp + result["tp"], fp + result["fp"], fn + result["fn"]
-        predicted_d.append(diameters_of(prediction, "prediction", prefer_nm=False)[0])
-        true_d.append(diameters_of(truth, "truth", prefer_nm=False)[0])
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    distribution = sizes(np.concatenate(predicted_d), np.concatenate(true_d))
-    return {"detection": {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1},
-            "size_distribution": distribution}
+    prediction, truth = mosaic(predictions), mosaic(truths)
+    scores: dict[str, Any] = {}
+    for choice in recipe.metrics:
+        if (registry.get("metric", choice.plugin).compares or "instances") != "instances":
+            continue
+        scores[choice.plugin] = {key: float(value) for key, value in
+                                 choice.create(recipe.sample, registry)(prediction, truth).items()}
+    return scores
 
 
 def run_demo(out: Path, recipe_name: str = DEMO_RECIPE, progress: bool = True) -> dict[str, Any]:
@@ -94,6 +89,7 @@ def run_demo(out: Path, recipe_name: str = DEMO_RECIPE, progress: bool = True) -
     result = Loop(recipe, [path for path, _ in made], out / "run", progress=progress,
                   max_minutes=DEMO_TRAINING_MINUTES).run()
     scores = score(recipe, result.instances, [truth for _, truth in made])
+    scores["label_free"] = result.run_info.get("metrics", {})  # what the loop said without the truth
     scores["wall_time_s"] = round(time.perf_counter() - started, 1)
     scores["recipe"] = recipe.name
     write_json(out / "demo.json", scores)

@@ -92,7 +92,11 @@ def register_metrics(register: RegisterComponent) -> None:
 
     The factory returns a callable implementing
     :class:`emcopilot.interfaces.Metric`. Use in a recipe as a list entry of
-    ``metrics: [{plugin: NAME, params: {...}}]``.
+    ``metrics: [{plugin: NAME, params: {...}}]``. ``compares`` says what the
+    metric takes, so that the loop scores it where it can without labels
+    (:mod:`emcopilot.scoring`): ``"instances"`` (default: two sets of objects,
+    prediction and truth), ``"image pairs"`` (an image and its reference) or
+    ``"image sets"`` (two unpaired sets of images).
     """
 
 

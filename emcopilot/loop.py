@@ -42,11 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment"]
+STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment", "metrics"]
 #: which recipe slots each stage calls (named in error messages)
 STAGE_SLOTS = {"extract": ("prior_extractor",), "adapter": ("physics_adapter",), "generator": ("generator",),
                "synthesize": ("generator", "physics_adapter"), "segmenter": ("segmenter",),
-               "segment": ("segmenter",)}
+               "segment": ("segmenter",), "metrics": ("generator", "physics_adapter", "segmenter")}
 
 
 @dataclass
@@ -219,6 +219,7 @@ class Loop:
             for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
                 state.run_round(round_index, base)
             result = state.finish(errors)
+            result.run_info = {"metrics": state.metrics}
             self.timings["total"] = round(time.perf_counter() - started, 3)
             result.timings = dict(self.timings)
             result.run_info = self.write_run_json(run, result, records, errors)
@@ -253,7 +254,7 @@ class Loop:
             "stages_reused": self.reused,
             "timings_s": self.timings,
             "statistics": result.statistics.get("pooled", {}),
-            "metrics": result.run_info.get("metrics", {}),
+            "metrics": result.run_info.get("metrics", {}),  # the label-free scores of the last round
         }
         write_json(run.root / "run.json", info)
         return info

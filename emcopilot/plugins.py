@@ -41,7 +41,8 @@ SLOTS = {
 
 class RegisterComponent(Protocol):
     def __call__(self, name: str, factory: Callable[..., Any], *,
-                 params: Mapping[str, Param] | None = None, description: str = "") -> None: ...
+                 params: Mapping[str, Param] | None = None, description: str = "",
+                 compares: str | None = None) -> None: ...
 
 
 class RegisterRecipes(Protocol):
@@ -72,6 +73,8 @@ class Component:
     params: Mapping[str, Param]
     description: str
     origin: Origin
+    #: metrics only: what the metric compares (``instances``, ``image pairs`` or ``image sets``)
+    compares: str | None = None
 
     def create(self, params: Mapping[str, Any] | None = None, sample: Any = None) -> Any:
         """Validate ``params`` and call the factory; plugin errors name the plugin."""
@@ -92,6 +95,7 @@ class Component:
             "distribution": self.origin.distribution,
             "version": self.origin.version,
             "params": {key: param.describe() for key, param in self.params.items()},
+            **({"compares": self.compares} if self.compares else {}),
             "error": None,
         }
 
@@ -186,7 +190,8 @@ def _distribution_of(entry_point) -> tuple[str | None, str | None]:
 
 def _make_register(registry: Registry, slot: str, origin: Origin) -> RegisterComponent:
     def register(name: str, factory: Callable[..., Any], *,
-                 params: Mapping[str, Param] | None = None, description: str = "") -> None:
+                 params: Mapping[str, Param] | None = None, description: str = "",
+                 compares: str | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"{origin} registered a {slot} without a name (got {name!r})")
         if not callable(factory):
@@ -196,7 +201,15 @@ def _make_register(registry: Registry, slot: str, origin: Origin) -> RegisterCom
             if not isinstance(param, Param):
                 raise PluginError(f"{origin}: parameter {key!r} of {slot} {name!r} must be an "
                                   f"emcopilot.Param, got {type(param).__name__}")
-        registry.add(Component(name, slot, factory, dict(params or {}), description.strip(), origin))
+        if slot == "metric":
+            from .scoring import COMPARES
+            compares = compares or "instances"
+            if compares not in COMPARES:
+                raise PluginError(f"{origin}: metric {name!r} compares {compares!r}; it must compare one of "
+                                  f"{', '.join(COMPARES)}")
+        elif compares is not None:
+            raise PluginError(f"{origin}: compares= is for metrics, not for the {slot} {name!r}")
+        registry.add(Component(name, slot, factory, dict(params or {}), description.strip(), origin, compares))
     return register
 
 

@@ -40,6 +40,12 @@ def _load_instances(path: Path) -> Instances:
     return Instances(labels=labels, points=points, scores=scores, metadata=read_json(path.with_suffix(".json")))
 
 
+def held_out_count(synthetic_images: int) -> int:
+    """How many held-out synthetic micrographs the label-free scores use: an eighth of the training
+    set, at least 4 and at most 16."""
+    return int(min(16, max(4, synthetic_images // 8)))
+
+
 def _progress(items, description: str, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(items, desc=description, disable=not enabled, leave=False)
@@ -116,6 +122,10 @@ class LoopState:
                     "budget": budget("segmenter_steps"), "seed": loop.seed}, self.fit_segmenter(round_index))
         loop.stage(self.run, "segment", round_index, {"segmenter": key("segmenter")}, self.segment(round_index))
         self.load_predictions(round_index)
+        loop.stage(self.run, "metrics", round_index,
+                   {"segment": key("segment"), "metrics": recipe["metrics"], "seed": loop.seed},
+                   self.score(round_index))
+        self.load_metrics(round_index)
 
     def stage_dir(self, name: str, round_index: int) -> Path:
         return self.run.stage_dir(f"{name}@{round_index}")
@@ -255,24 +265,30 @@ class LoopState:
 
     # ------------------------------------------------------------ synthesize
 
+    def render(self, round_index: int, count: int, rng: np.random.Generator,
+               description: str = "synthesize") -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """``count`` synthetic micrographs of the round's prior, generator and physics: images, labels, points."""
+        from .morphology import MorphologyPrior
+        prior = MorphologyPrior.from_json((self.stage_dir("prior", round_index) / "prior.json").read_text())
+        adapter = self.loop.component("physics_adapter")
+        adapter.restore(read_json(self.stage_dir("adapter", round_index) / "adapter.json"))
+        generator = self.loop.component("generator")
+        generator.load(self.stage_dir("generator", round_index) / "model")
+        side = int(self.loop.profile["image_px"])
+        images, labels, points = [], [], []
+        for start in _progress(range(0, count, 8), description, self.loop.progress):
+            layouts = [prior.sample((side, side), self.working_px, rng) for _ in range(min(8, count - start))]
+            for layout, clean in zip(layouts, generator.generate(layouts, rng)):
+                images.append(adapter.apply(clean, self.working_px, rng, layout=layout).astype(np.float32))
+                truth = layout.instances()
+                labels.append(truth.labels)
+                points.append(truth.points if truth.points is not None else np.zeros((0, 2)))
+        return images, labels, points
+
     def synthesize(self, round_index: int):
         def compute(directory: Path) -> None:
-            from .morphology import MorphologyPrior
-            prior = MorphologyPrior.from_json((self.stage_dir("prior", round_index) / "prior.json").read_text())
-            adapter = self.loop.component("physics_adapter")
-            adapter.restore(read_json(self.stage_dir("adapter", round_index) / "adapter.json"))
-            generator = self.loop.component("generator")
-            generator.load(self.stage_dir("generator", round_index) / "model")
-            count, side = int(self.loop.profile["synthetic_images"]), int(self.loop.profile["image_px"])
-            rng = np.random.default_rng([self.loop.seed, round_index, 1])
-            images, labels, points = [], [], []
-            for start in _progress(range(0, count, 8), "synthesize", self.loop.progress):
-                layouts = [prior.sample((side, side), self.working_px, rng) for _ in range(min(8, count - start))]
-                for layout, clean in zip(layouts, generator.generate(layouts, rng)):
-                    images.append(adapter.apply(clean, self.working_px, rng, layout=layout).astype(np.float32))
-                    truth = layout.instances()
-                    labels.append(truth.labels)
-                    points.append(truth.points if truth.points is not None else np.zeros((0, 2)))
+            count = int(self.loop.profile["synthetic_images"])
+            images, labels, points = self.render(round_index, count, np.random.default_rng([self.loop.seed, round_index, 1]))
             tmp = directory / "synthetic.part.npz"
             np.savez_compressed(tmp, images=np.stack(images), labels=np.stack(labels),
                                 n_points=np.array([len(p) for p in points]), points=np.concatenate(points))
@@ -311,6 +327,60 @@ class LoopState:
             for index, micrograph in enumerate(_progress(self.micrographs, "segment", self.loop.progress)):
                 _save_instances(directory / f"{index:05d}.npz", segmenter.predict(micrograph))
         return compute
+
+    # ------------------------------------------------------------ label-free scores
+
+    def score(self, round_index: int):
+        def compute(directory: Path) -> None:
+            from .scoring import score
+            metrics = self.metric_components()
+            held_out = []
+            if any(compares == "instances" for _, compares, _ in metrics):
+                count = held_out_count(int(self.loop.profile["synthetic_images"]))
+                images, labels, points = self.render(round_index, count,
+                                                     np.random.default_rng([self.loop.seed, round_index, 2]),
+                                                     "held-out synthetic")
+                segmenter = self.loop.component("segmenter")
+                segmenter.load(self.stage_dir("segmenter", round_index) / "model")
+                atomistic = self.sample.kind == "atoms"
+                for image, label, point in zip(images, labels, points):
+                    truth = Instances(labels=label, points=point if atomistic else None)
+                    predicted = segmenter.predict(Micrograph(image, pixel_size_nm=self.working_px, name="held-out"))
+                    held_out.append((self.comparable(predicted), self.comparable(truth)))
+            predictions = [_load_instances(self.stage_dir("segment", round_index) / f"{i:05d}.npz")
+                           for i in range(len(self.micrographs))]
+            # on the working grid, where every image has the same pixel size (one matching radius)
+            real = [(self.comparable(p, scaling), self.comparable(q, scaling))
+                    for p, q, scaling in zip(predictions, self.priors, self.scalings())]
+            synthetic, _ = self.load_synthetic(round_index)
+            write_json(directory / "metrics.json", score(
+                metrics, held_out=held_out, real=real, synthetic_images=list(synthetic[:16]),
+                real_images=[m.data for m in self.working_images()][:16]))
+        return compute
+
+    def comparable(self, instances: Instances, scaling=None) -> Instances:
+        """Atoms as points, everything else as a label image, on the working grid (``scaling``: from
+        a micrograph's own grid), with the working pixel size for metrics in nm."""
+        from .scale import points_to_working, to_working_labels
+        metadata = {"pixel_size_nm": self.working_px}
+        if self.sample.kind == "atoms" and instances.points is not None:
+            points = instances.points if scaling is None else points_to_working(instances.points, scaling)
+            return Instances(points=points, metadata=metadata)
+        labels = instances.labels if scaling is None else to_working_labels(instances.labels, scaling)
+        return Instances(labels=labels, metadata=metadata)
+
+    def metric_components(self) -> list[tuple[str, str, Any]]:
+        """(key, what it compares, metric) for each of the recipe's metrics; a second use of a plugin is ``name#2``."""
+        out, seen = [], {}
+        for choice in self.loop.recipe.metrics:
+            seen[choice.plugin] = seen.get(choice.plugin, 0) + 1
+            key = choice.plugin if seen[choice.plugin] == 1 else f"{choice.plugin}#{seen[choice.plugin]}"
+            compares = self.loop.registry.get("metric", choice.plugin).compares or "instances"
+            out.append((key, compares, choice.create(self.sample, self.loop.registry)))
+        return out
+
+    def load_metrics(self, round_index: int) -> None:
+        self.metrics = read_json(self.stage_dir("metrics", round_index) / "metrics.json")
 
     def load_predictions(self, round_index: int) -> None:
         directory = self.stage_dir("segment", round_index)

@@ -68,10 +68,15 @@ def test_run_writes_every_output_and_resumes(experiment, tmp_path):
     assert {entry["sha256"] for entry in info["inputs"]} and info["seeds"] == {"train": 0}
     assert info["plugins"]["generator"] == {"name": "pix2pix", "distribution": "emcopilot", "version": "0.1.0"}
     assert info["calibration"]["demo_00.tif"]["source"] == "file"
+    # label-free scores: the recipe's detection and size-distribution where instances are compared
+    metrics = info["metrics"]
+    assert metrics["held_out_synthetic"]["images"] == 4 and "f1" in metrics["held_out_synthetic"]["detection"]
+    assert metrics["real_vs_priors"]["images"] == 2 and "f1" in metrics["real_vs_priors"]["detection"]
+    assert "Label-free scores" in (out / "report.html").read_text()
     first = (out / "particles.csv").read_text()
 
     assert run(recipe, inputs, out) == 0  # everything is reused
-    assert len(run_info(out)["stages_reused"]) == 7
+    assert len(run_info(out)["stages_reused"]) == 8
     assert (out / "particles.csv").read_text() == first
 
     assert run(recipe, inputs, out, "--force", "segmenter") == 0

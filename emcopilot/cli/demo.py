@@ -17,10 +17,18 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from ..demo import run_demo
+    from ..scoring import headline
     scores = run_demo(args.out, args.recipe, progress=not args.no_progress)
-    detection, sizes = scores["detection"], scores["size_distribution"]
-    print(f"demo ({scores['recipe']}): detection F1 {detection['f1']:.3f} "
-          f"(precision {detection['precision']:.3f}, recall {detection['recall']:.3f}); "
-          f"mean-diameter error {100 * sizes['mean_diameter_rel_error']:+.1f} %; "
+    found = []
+    for name, values in scores.items():
+        if isinstance(values, dict) and "f1" in values:
+            found.append(f"{name} F1 {values['f1']:.3f} (precision {values['precision']:.3f}, "
+                         f"recall {values['recall']:.3f})")
+        elif isinstance(values, dict) and "mean_diameter_rel_error" in values:
+            found.append(f"mean-diameter error {100 * values['mean_diameter_rel_error']:+.1f} %")
+    print(f"demo ({scores['recipe']}), against the hidden truth: {'; '.join(found) or 'no metric'}; "
           f"{scores['wall_time_s']:.0f} s. Report: {args.out / 'run' / 'report.html'}")
+    label_free = headline(scores.get("label_free") or {})
+    if label_free:
+        print(f"the loop's own {label_free}")
     return 0

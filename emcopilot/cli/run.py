@@ -57,6 +57,10 @@ def run(args) -> int:
     print(f"{len(result.micrographs)} micrograph(s), {detected} objects; "
           f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
           f"({interval}) -> {result.out / 'report.html'}")
+    from ..scoring import headline
+    scores = headline(result.run_info.get("metrics") or {})
+    if scores:
+        print(scores)
     refused = [name for name, entry in (result.run_info.get("calibration") or {}).items()
                if entry.get("credible") is False]
     if refused:

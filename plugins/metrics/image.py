@@ -300,16 +300,19 @@ def register_metrics(register):
         "normalize": _NORMALIZE, "data_range": _DATA_RANGE,
         "window_px": Param(7, int, min=3, unit="px", help="window side when gaussian_weights is false (odd)"),
         "gaussian_weights": Param(True, bool, help="Gaussian window, sigma 1.5 px (Wang et al. 2004)"),
-    }, description="structural similarity of paired images (scikit-image); higher is better, 1 = identical")
+    }, compares="image pairs",
+        description="structural similarity of paired images (scikit-image); higher is better, 1 = identical")
     register("psnr", lambda params, sample: PSNR(**params), params={
         "normalize": _NORMALIZE, "data_range": _DATA_RANGE,
-    }, description="peak signal-to-noise ratio of paired images in dB (scikit-image); higher is better")
+    }, compares="image pairs", description="peak signal-to-noise ratio of paired images in dB (scikit-image); "
+                                           "higher is better")
     register("lpips", lambda params, sample: LPIPS(**params), params={
         "net": Param("alex", str, choices=tuple(_LPIPS_BACKBONES), help="backbone network"),
         "normalize": _NORMALIZE, "data_range": _DATA_RANGE,
         "device": Param("cpu", str, help="torch device"),
-    }, description="learned perceptual distance of paired images (lpips package; backbone weights must be "
-                   "in the torch hub cache); lower is better")
+    }, compares="image pairs",
+        description="learned perceptual distance of paired images (lpips package; backbone weights must be "
+                    "in the torch hub cache); lower is better")
     register("realism-gap", lambda params, sample: RealismGap(**params), params={
         "normalize": _NORMALIZE,
         "spectrum_bins": Param(32, int, min=4, max=1024, help="radial frequency bins in (0, 0.5] cycles/px"),
@@ -319,5 +322,6 @@ def register_metrics(register):
         "weight_spectrum": Param(1.0, float, min=0.0), "weight_histogram": Param(1.0, float, min=0.0),
         "weight_noise": Param(1.0, float, min=0.0),
         "seed": Param(0, int, min=0, help="seed of the pixel subsampling"),
-    }, description="download-free distance between synthetic and real image sets: power spectra, "
-                   "intensity histograms, local noise; lower is better, 0 = same statistics")
+    }, compares="image sets",
+        description="download-free distance between synthetic and real image sets: power spectra, "
+                    "intensity histograms, local noise; lower is better, 0 = same statistics")
