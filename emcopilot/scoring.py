@@ -126,7 +126,8 @@ def _safe(metric: Any, prediction: Any, truth: Any) -> dict[str, Any]:
 
 
 def headline(metrics: Mapping[str, Any]) -> str | None:
-    """``label-free: F1 0.91 on held-out synthetic images, 0.78 against the priors`` where scored."""
+    """``label-free: F1 <a> on held-out synthetic images, F1 <b> against the priors on the real images``,
+    the parts that were scored, else ``None``."""
     parts = []
     for comparison, words in (("held_out_synthetic", "on held-out synthetic images"),
                               ("real_vs_priors", "against the priors on the real images")):
