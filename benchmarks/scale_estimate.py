@@ -61,9 +61,13 @@ SCALES_OBJECT_PX = (3.0, 64.0)  # a recipe is drawn at a scale where its typical
 def estimate(micrograph, recipe) -> dict:
     """The estimate's fields of a row: value, uncertainty (log sd: total and without the recipe's term)
     and whether it is credible."""
+    from emcopilot.errors import InputError
     from emcopilot.pixel_size import estimate_pixel_size
     micrograph.pixel_size_nm = None
-    found = estimate_pixel_size(micrograph, recipe.sample)
+    try:
+        found = estimate_pixel_size(micrograph, recipe.sample)
+    except InputError as error:  # nothing stands out: the loop lists such an image in errors.csv
+        return {"estimate_nm": None, "objects": 0, "credible": False, "reason": str(error)}
     sd = found.log_sd
     return {"estimate_nm": found.pixel_size_nm, "objects": found.objects, "credible": found.credible,
             "reason": found.reason, "log_sd_total": found.total_log_sd,
@@ -85,7 +89,7 @@ def formats(data: Path):
     """The calibrated reader examples under ``formats/`` (HAADF/TEM frames of 64-128 px), calibration
     stripped, against the particle recipe: small frames of objects the recipe may not describe, so
     the test is mostly whether the estimate says it is not credible when it is far off."""
-    from emcopilot.errors import InputError
+    from emcopilot.errors import EmcopilotError
     from emcopilot.io import read_micrographs
     from emcopilot.recipe import load_recipe
     recipe = load_recipe("nanoparticles-haadf")
@@ -93,7 +97,7 @@ def formats(data: Path):
     for path in paths:
         try:
             micrographs = read_micrographs([path])
-        except InputError:
+        except EmcopilotError:  # a licence file, a companion .ser
             continue
         for micrograph in micrographs[:1]:  # a stack's first frame
             if micrograph.pixel_size_nm is None or min(micrograph.shape) < 64:
@@ -170,10 +174,12 @@ def summarise(rows: list[dict]) -> dict:
     worst = float(np.max(np.maximum(ratios, 1 / ratios)))
     median = float(np.median(np.abs(ratios - 1)))
     errors = np.abs(np.log([row["ratio"] for row in rows if row.get("ratio")]))
-    coverage = {key: float(np.mean(errors <= 1.96 * np.array([row[key] for row in rows if row.get("ratio")])))
-                for key in ("log_sd_without_recipe", "log_sd_total") if all(key in row for row in rows)}
+    rated = [row for row in rows if row.get("ratio")]
+    coverage = {key: float(np.mean(errors <= 1.96 * np.array([row[key] for row in rated])))
+                for key in ("log_sd_without_recipe", "log_sd_total") if all(key in row for row in rated)}
     credible = [row for row in rows if row.get("ratio") and row.get("credible", True)]
-    return {"images": len(rows), "estimated": int(len(ratios)), "median_abs_error": median,
+    return {"images": len(rows), "estimated": int(len(ratios)), "no_estimate": int(len(rows) - len(ratios)),
+            "median_abs_error": median,
             "coverage_95": coverage, "not_credible": int(len(ratios) - len(credible)),
             "worst_factor_credible": float(max((max(r["ratio"], 1 / r["ratio"]) for r in credible), default=1.0)),
             "median_ratio": float(np.median(ratios)), "worst_factor": worst,
@@ -185,7 +191,7 @@ def leave_one_out(result: dict) -> None:
     """Add each kind's summary with the diameter correction refitted without the scored image."""
     # the reader examples are frames the recipes were not made for: they take no part in the refit
     kinds = {name: kind for name, kind in result["kinds"].items() if name != "formats"}
-    rows = [row for kind in kinds.values() for row in kind["images"]]
+    rows = [row for kind in kinds.values() for row in kind["images"] if row.get("ratio")]
     if not rows:
         return
     group = lambda row: "atoms" if row["recipe"].startswith("single-atom") else "particles"  # noqa: E731
@@ -193,7 +199,7 @@ def leave_one_out(result: dict) -> None:
         others = [math.log(other["ratio"]) for other in rows if other is not row and group(other) == group(row)]
         row["ratio_leave_one_out"] = row["ratio"] / math.exp(float(np.median(others))) if others else row["ratio"]
     for name, kind in kinds.items():
-        loo = [dict(row, ratio=row["ratio_leave_one_out"]) for row in kind["images"]]
+        loo = [dict(row, ratio=row.get("ratio_leave_one_out")) for row in kind["images"]]
         kind["leave_one_out"] = summarise(loo)
         summary = kind["leave_one_out"]
         if summary.get("estimated"):
@@ -219,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         rows, started = [], time.perf_counter()
         try:
             for row in sources[kind]():
-                row["ratio"] = row["estimate_nm"] / row["truth_nm"]
                 rows.append(row)
+                if row["estimate_nm"] is None:
+                    print(f"  {kind:9s} {row['image'][:40]:40s} truth {row['truth_nm']:.4g}: no estimate "
+                          f"({row['reason']})", file=sys.stderr)
+                    continue
+                row["ratio"] = row["estimate_nm"] / row["truth_nm"]
                 print(f"  {kind:9s} {row['image'][:40]:40s} truth {row['truth_nm']:.4g} estimate "
                       f"{row['estimate_nm']:.4g} nm/px (x{row['ratio']:.2f}), {row['objects']} objects"
                       + ("" if row["credible"] else f", not credible: {row['reason']}"), file=sys.stderr)

@@ -11,7 +11,18 @@ that module is present, i.e. the per-image work of ``emcopilot segment``.
   images (the weights matter little for speed, but a trained network gives
   realistic post-processing work);
 - ``classical``: the classical prior extractor behind the segmenter interface;
-- ``sam``: the SAM prior extractor, only where a checkpoint is configured.
+- ``unet_no_flips``: the same model with ``test_time_flips=1`` (one pass per tile);
+- ``sam``: the SAM prior extractor, only where a checkpoint is configured;
+- ``sam_auto_vit_b`` (``--sam-auto``): what a user would run instead, Segment
+  Anything's own ``SamAutomaticMaskGenerator`` (32x32 point grid, its defaults)
+  on the real ViT-B architecture with randomly initialised weights (seeded): the
+  same computation as the trained weights, so the same time for the image
+  encoder and the point-prompted decoder; the masks it keeps differ (random
+  weights pass few of its quality filters), which only shortens its own
+  post-processing, so its time is if anything an underestimate.
+
+The JSON ends with ``ratios``: each contender's seconds per frame over the
+U-Net's, per size.
 
     python benchmarks/segment_throughput.py --sizes 1024 4096 --out benchmarks/results/segment_throughput.json
 """
@@ -67,6 +78,16 @@ def contenders(args, sample) -> dict:
         found["classical"] = get_registry().get("segmenter", "classical").create({}, sample)
     except Exception as error:
         found["classical"] = f"{type(error).__name__}: {error}"
+    if args.model:
+        try:
+            found["unet_no_flips"] = load_model(args.model, args.device, params={"test_time_flips": 1})
+        except Exception as error:
+            found["unet_no_flips"] = f"{type(error).__name__}: {error}"
+    if args.sam_auto:
+        try:
+            found["sam_auto_vit_b"] = SamAutomatic(args.seed)
+        except Exception as error:
+            found["sam_auto_vit_b"] = f"{type(error).__name__}: {error}"
     if os.environ.get("EMCOPILOT_SAM_CHECKPOINT"):
         try:
             extractor = get_registry().get("prior_extractor", "sam").create({}, sample)
@@ -76,6 +97,32 @@ def contenders(args, sample) -> dict:
     else:
         found["sam"] = "skipped: no SAM checkpoint (EMCOPILOT_SAM_CHECKPOINT is not set)"
     return found
+
+
+class SamAutomatic:
+    """Segment Anything's automatic mask generator on ViT-B with random weights, as a segmenter."""
+
+    def __init__(self, seed: int):
+        import torch
+        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+        torch.manual_seed(seed)
+        self.model = sam_model_registry["vit_b"](checkpoint=None).eval()
+        self.generator = SamAutomaticMaskGenerator(self.model)
+        self.masks = 0
+
+    def predict(self, micrograph):
+        from emcopilot import Instances
+        image = micrograph.data.astype(np.float64)
+        low, high = np.percentile(image, [0.5, 99.5])
+        grey = (np.clip((image - low) / (high - low + 1e-12), 0, 1) * 255).astype(np.uint8)
+        import torch
+        with torch.inference_mode():
+            masks = self.generator.generate(np.repeat(grey[..., None], 3, axis=2))
+        self.masks = len(masks)
+        labels = np.zeros(grey.shape, np.int32)
+        for index, mask in enumerate(sorted(masks, key=lambda m: -m["area"]), 1):  # small masks on top
+            labels[mask["segmentation"]] = index
+        return Instances(labels=labels)
 
 
 def time_one(segmenter, micrograph, repeats: int) -> dict:
@@ -105,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sam-auto", action="store_true",
+                        help="also time SAM's automatic mask generator on ViT-B (random weights; slow on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/segment_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -128,10 +177,20 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"].append({"segmenter": name, "size_px": size, "error": segmenter})
                 print(f"{name:10s} {size:5d}^2  -- {segmenter}")
                 continue
-            timing = time_one(segmenter, micrograph, args.repeats)
+            timing = time_one(segmenter, micrograph, 1 if name == "sam_auto_vit_b" else args.repeats)
+            if name == "sam_auto_vit_b":
+                timing["sam_masks"] = segmenter.masks
             results["runs"].append({"segmenter": name, "size_px": size, **timing})
             print(f"{name:10s} {size:5d}^2  {timing['megapixels_per_s']:8.3f} MP/s  "
                   f"({min(timing['seconds']):.2f} s, {timing['objects']} objects)")
+    results["ratios"] = {}
+    for size in args.sizes:
+        runs = {r["segmenter"]: min(r["seconds"]) for r in results["runs"] if r["size_px"] == size and "seconds" in r}
+        if "unet" in runs:
+            results["ratios"][str(size)] = {f"{name}_over_unet": seconds / runs["unet"]
+                                            for name, seconds in runs.items() if name != "unet"}
+            print(f"{size}^2 seconds per frame over the U-Net's: " + ", ".join(
+                f"{name} {value:.2f}x" for name, value in results["ratios"][str(size)].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")

@@ -33,7 +33,9 @@ image's *own texture* produces at the same scale:
   sigma = r / sqrt(2)) times :data:`PARTICLE_DIAMETER_CORRECTION`. Single atoms
   all have the width of the probe: their typical diameter is the narrowest tenth
   of the blobs (wider blobs there are support bumps and clusters), times
-  :data:`ATOM_DIAMETER_CORRECTION`.
+  :data:`ATOM_DIAMETER_CORRECTION`. Sub-nanometre clusters whose atoms are
+  resolved make one blob per atom: blobs within :data:`CLUSTER_JOIN_DIAMETERS`
+  of each other are first joined into one cluster each (:func:`cluster_diameters_px`).
 
 The two corrections, :data:`TEXTURE_FALSE_DISCOVERY` and
 :data:`POPULATION_MIN_SIGNIFICANCE` were set on the development images as a
@@ -83,6 +85,8 @@ PARTICLE_DIAMETER_CORRECTION = 1.12
 #: Single atoms: the NARROWEST_ATOMS quantile of the blob diameters times this.
 ATOM_DIAMETER_CORRECTION = 0.89
 NARROWEST_ATOMS = 0.1
+#: Blobs closer than this many of their mean diameters are atoms of one cluster (``kind`` ``clusters``)
+CLUSTER_JOIN_DIAMETERS = 3.0
 
 
 def _scale_space(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -250,7 +254,46 @@ def blob_diameters_px(image: np.ndarray, bright: bool = True, kind: str = "parti
         raise InputError("no blob of the expected polarity stands out from the image's texture, so its "
                          "scale cannot be estimated")
     k, rows, cols = k[significant], rows[significant], cols[significant]
-    return np.exp(_refined_log_sigmas(stack, sigmas, k, rows, cols)) * (2 * math.sqrt(2) * factor)
+    diameters = np.exp(_refined_log_sigmas(stack, sigmas, k, rows, cols)) * (2 * math.sqrt(2) * factor)
+    if kind == "clusters":
+        return cluster_diameters_px(diameters, np.stack([rows, cols], 1).astype(float) * factor)
+    return diameters
+
+
+def cluster_diameters_px(diameters: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Blobs grouped into clusters: one diameter per cluster.
+
+    Where the atoms of sub-nanometre clusters are resolved, each atom is a blob of its own and the
+    median blob is an atom, not a cluster (a factor 2-4 too small). Blobs closer than
+    :data:`CLUSTER_JOIN_DIAMETERS` of their mean diameter are one cluster (atoms one bond apart,
+    0.28 nm for Pt, against an apparent atom width of 0.08-0.2 nm); a cluster's diameter is its
+    Feret extent, the largest distance between its blobs' centres plus their mean diameter. A
+    lone blob (an unresolved cluster, a single atom) keeps its own.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    count = len(diameters)
+    if count < 2:
+        return diameters
+    pairs = cKDTree(centres).query_pairs(CLUSTER_JOIN_DIAMETERS * float(diameters.max()), output_type="ndarray")
+    if len(pairs):
+        gaps = np.hypot(*(centres[pairs[:, 0]] - centres[pairs[:, 1]]).T)
+        pairs = pairs[gaps < CLUSTER_JOIN_DIAMETERS * 0.5 * (diameters[pairs[:, 0]] + diameters[pairs[:, 1]])]
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count)) if len(pairs) \
+        else coo_matrix((count, count))
+    groups, group_of = connected_components(graph, directed=False)
+    out = np.empty(groups)
+    for group in range(groups):
+        members = np.flatnonzero(group_of == group)
+        if len(members) == 1:
+            out[group] = diameters[members[0]]
+            continue
+        points = centres[members]
+        extent = float(np.max(np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1))))
+        out[group] = extent + float(diameters[members].mean())
+    return out
 
 
 def typical_diameter_px(diameters_px: np.ndarray, kind: str = "particles") -> float:
@@ -266,6 +309,6 @@ def dominant_diameter_px(image: np.ndarray, bright: bool = True, kind: str = "pa
     """Typical diameter (px) of the objects of one polarity that stand out from the image's texture.
 
     ``kind`` is the recipe's ``sample.kind``: ``atoms`` takes the narrowest blobs (the probe's
-    width), anything else the median blob. Raises :class:`InputError` when no blob stands out.
+    width), ``clusters`` the median cluster of joined blobs, anything else the median blob. Raises :class:`InputError` when no blob stands out.
     """
     return typical_diameter_px(blob_diameters_px(image, bright, kind), kind)

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Leave-one-out root-mean-square error of ln(estimate / truth) on the development images with a
 #: known scale (``benchmarks/scale_estimate.py``): particle exports by their human boxes and synthetic
 #: frames at ten scales; single-atom frames with their calibration removed and synthetic ones.
-ESTIMATOR_LOG_SD = {"particles": 0.16, "atoms": 0.18}
+ESTIMATOR_LOG_SD = {"particles": 0.16, "atoms": 0.18, "clusters": 0.16}  # clusters: as particles (no dev images)
 #: An estimate rests on at least this many objects that stand out from the texture ...
 MIN_CREDIBLE_OBJECTS = 5
 #: ... whose typical size the image pins down to this standard deviation of its logarithm (a factor
@@ -137,7 +137,8 @@ def estimate_pixel_size(micrograph: Micrograph, sample: "Sample | None", bright:
     """
     if bright is None:
         bright = sample is None or sample.particle_contrast != "dark"
-    kind = "atoms" if (getattr(sample, "kind", None) or "particles") == "atoms" else "particles"
+    kind = getattr(sample, "kind", None) or "particles"
+    kind = kind if kind in ("atoms", "clusters") else "particles"
     low, high = _range_nm(sample, diameter_nm)
     data = np.ascontiguousarray(micrograph.data)
     key = (hashlib.sha1(data.view(np.uint8)).hexdigest(), data.shape, str(data.dtype), bool(bright), kind, low, high)

@@ -42,10 +42,12 @@ COMPARES = ("instances", "image pairs", "image sets")
 MOSAIC_GAP_PX = 16
 
 
-def mosaic(instances: Sequence[Instances]) -> Instances:
+def mosaic(instances: Sequence[Instances], shapes: Sequence[tuple[int, int]] | None = None) -> Instances:
     """The instances of several images side by side (top-aligned, :data:`MOSAIC_GAP_PX` apart)
-    as one, label ids and points shifted so that nothing collides."""
-    shapes = [_shape(item) for item in instances]
+    as one, label ids and points shifted so that nothing collides. ``shapes``: each image's
+    (rows, columns), where it is not that of its label image (points only, or labels smaller than
+    the image)."""
+    shapes = [tuple(shape) for shape in shapes] if shapes is not None else [_shape(item) for item in instances]
     height = max(shape[0] for shape in shapes)
     width = sum(shape[1] for shape in shapes) + MOSAIC_GAP_PX * (len(shapes) - 1)
     has_labels = all(item.labels is not None for item in instances)
@@ -55,7 +57,7 @@ def mosaic(instances: Sequence[Instances]) -> Instances:
     for item, (rows, cols) in zip(instances, shapes):
         if labels is not None:
             block = item.labels.astype(np.int32)
-            labels[:rows, offset:offset + cols] = np.where(block > 0, block + next_id, 0)
+            labels[:block.shape[0], offset:offset + block.shape[1]] = np.where(block > 0, block + next_id, 0)
             next_id += int(block.max(initial=0))
         if item.points is not None and len(item.points):
             points.append(item.points + np.array([0.0, offset]))
@@ -99,20 +101,10 @@ def score(metrics: Sequence[tuple[str, str, Any]], *, held_out: Sequence[tuple[I
 
 
 def _mosaics(pairs: Sequence[tuple[Instances, Instances]]) -> tuple[Instances, Instances]:
+    """Predictions and truths as two mosaics of the same layout (each pair shares one cell)."""
     predictions, truths = zip(*pairs)
     shapes = [tuple(max(a, b) for a, b in zip(_shape(p), _shape(t))) for p, t in pairs]
-    return mosaic([_padded(p, s) for p, s in zip(predictions, shapes)]), \
-        mosaic([_padded(t, s) for t, s in zip(truths, shapes)])
-
-
-def _padded(item: Instances, shape: tuple[int, int]) -> Instances:
-    """The same instances on a grid of ``shape`` (a prediction and its truth share one cell of the mosaic)."""
-    if item.labels is None or item.labels.shape == shape:
-        return item if item.labels is not None else Instances(labels=np.zeros(shape, np.int32), points=item.points,
-                                                              metadata=item.metadata)
-    labels = np.zeros(shape, np.int32)
-    labels[:item.labels.shape[0], :item.labels.shape[1]] = item.labels
-    return Instances(labels=labels, points=item.points, metadata=item.metadata)
+    return mosaic(predictions, shapes), mosaic(truths, shapes)
 
 
 def _safe(metric: Any, prediction: Any, truth: Any) -> dict[str, Any]:

@@ -81,3 +81,14 @@ def test_texture_alone_has_no_scale():
         dominant_diameter_px(image, bright=True)
     with pytest.raises(InputError, match="too small"):
         dominant_diameter_px(np.zeros((16, 16), np.float32))
+
+
+def test_resolved_atoms_of_a_cluster_count_as_one_cluster():
+    from emcopilot.blob_scale import cluster_diameters_px
+
+    # two clusters of three atoms (blobs of 4 px, 9 px apart) and one lone atom far away
+    centres = np.array([[50, 50], [50, 59], [58, 54], [150, 150], [150, 159], [158, 154], [300, 300]], float)
+    diameters = np.full(len(centres), 4.0)
+    clusters = np.sort(cluster_diameters_px(diameters, centres))
+    assert len(clusters) == 3 and clusters[0] == 4.0
+    assert clusters[1:] == pytest.approx([np.hypot(8, 5) + 4.0] * 2)  # Feret extent of the centres plus one atom

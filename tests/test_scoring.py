@@ -53,6 +53,11 @@ def test_each_metric_scores_what_it_compares_and_a_failure_is_recorded():
     assert scores["real_vs_priors"]["detection"]["f1"] == 1.0
     assert scores["realism"]["realism-gap"]["realism_gap"] == pytest.approx(0.0, abs=1e-9)
     assert "ssim" in scores["skipped"]
+    atoms = score([make("detection", radius_px=2.0)],
+                  held_out=[(Instances(points=[[5.0, 5.0], [20.0, 30.0]]), Instances(points=[[5.5, 5.0]])),
+                            (Instances(points=[[3.0, 3.0]]), Instances(points=[[3.0, 3.5], [30.0, 9.0]]))])
+    assert atoms["held_out_synthetic"]["detection"]["tp"] == 2  # points stay points, each pair in its own cell
+    assert atoms["held_out_synthetic"]["detection"]["fp"] == 1 and atoms["held_out_synthetic"]["detection"]["fn"] == 1
     assert headline(scores) == ("label-free: F1 0.80 on held-out synthetic images, F1 1.00 against the priors on "
                                 "the real images")
 
