@@ -423,11 +423,11 @@ class UNetSegmenter:
         (atoms: returns ``None``).
         """
         share = float(self.params["self_training"])
+        synthetic, self._synthetic = getattr(self, "_synthetic", None), None  # held for this call only
         if share <= 0 or self.mode != "particles" or not images:
             return None
         if not self.trained:
             raise EmcopilotError("unet segmenter: adapt() needs a trained network; call fit() first")
-        synthetic = getattr(self, "_synthetic", None)
         crop = synthetic[2] if synthetic else int(budget.crop_px) // 2 ** self.params["depth"] * 2 ** self.params["depth"]
         steps = max(1, int(round(share * budget.steps)))
         started = time.perf_counter()
@@ -486,7 +486,6 @@ class UNetSegmenter:
             progress.advance(step, elapsed_s)
         progress.close()
         net.to(memory_format=torch.contiguous_format).eval()
-        self._synthetic = None
         history.update(steps=step, seconds=time.perf_counter() - started)
         return history
 
