@@ -30,5 +30,5 @@ def run(args) -> int:
           f"{scores['wall_time_s']:.0f} s. Report: {args.out / 'run' / 'report.html'}")
     label_free = headline(scores.get("label_free") or {})
     if label_free:
-        print(f"the loop's own {label_free}")
+        print(f"{label_free} (the loop's own scores, without the hidden truth)")
     return 0
