@@ -285,6 +285,13 @@ def test_save_load_round_trip_and_refusals(particle_model, tmp_path):
     torch.save(segmenter.net.state_dict(), tmp_path / "model.pt")
     with pytest.raises(CheckpointError, match="pickle"):
         restored.load(tmp_path / "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unet(PARTICLES).load(tmp_path / "model")  # the same settings: nothing to say
+    overridden = unet(PARTICLES, background_nm=5.0)
+    with pytest.warns(UserWarning, match="background_nm, normalise_percentiles and invert_dark_objects are fixed"):
+        overridden.load(tmp_path / "model")
+    assert overridden.normalisation == restored.normalisation  # the training's normalisation is used
 
 
 def test_untrained_segmenter_refuses_to_predict():

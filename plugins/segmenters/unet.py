@@ -610,10 +610,26 @@ class UNetSegmenter:
         if not isinstance(normalisation, Mapping) or set(normalisation) != set(self.normalisation):
             raise CheckpointError(f"{where}: normalisation must be a mapping with the keys "
                                   f"{', '.join(sorted(self.normalisation))}, got {normalisation!r}")
+        if not _same_normalisation(normalisation, self.normalisation):
+            # the parameters asked for now (e.g. a --param override) would normalise differently from
+            # what the network learned on: its training decides
+            warnings.warn(f"{directory}: background_nm, normalise_percentiles and invert_dark_objects are fixed "
+                          f"by the model's training ({dict(normalisation)}); the values given now "
+                          f"({self.normalisation}) are not used", stacklevel=2)
         self.working_pixel_size_nm = float(working)
         self.normalisation = dict(normalisation)
         self.net.to(self.device).eval()
         self.trained = True
+
+
+def _same_normalisation(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    def close(x: Any, y: Any) -> bool:
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            return math.isclose(float(x), float(y), rel_tol=1e-6)
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            return len(x) == len(y) and all(close(u, v) for u, v in zip(x, y))
+        return x == y
+    return set(a) == set(b) and all(close(a[key], b[key]) for key in a)
 
 
 def _cosine_lr(base_lr: float, progress: float) -> float:
