@@ -152,13 +152,14 @@ def histogram_figure(table, statistics: Mapping[str, Any]) -> str | None:
 
 def _atom_summary(table, pooled: Mapping[str, Any]) -> dict[str, Any]:
     """Single atoms have no size: their count, density and fitted profiles instead."""
+    from .atom_fit import FWHM_PER_SIGMA
     fitted = table[table["atom_fit"].astype(bool)]
     rows = {"images": pooled.get("images"), "atoms detected": int(len(table)),
             "with a fitted Gaussian (sub-pixel position)": int(len(fitted))}
     if "atom_sigma_nm" in table and len(fitted):
-        rows["median fitted FWHM (nm)"] = float(np.nanmedian(fitted["atom_sigma_nm"]) * 2.3548)
+        rows["median fitted FWHM (nm)"] = float(np.nanmedian(fitted["atom_sigma_nm"]) * FWHM_PER_SIGMA)
     elif len(fitted):
-        rows["median fitted FWHM (px)"] = float(np.nanmedian(fitted["atom_sigma_px"]) * 2.3548)
+        rows["median fitted FWHM (px)"] = float(np.nanmedian(fitted["atom_sigma_px"]) * FWHM_PER_SIGMA)
     unit = "nm" if "atom_sigma_nm" in table else "px"
     if pooled.get("density_per_unit2") is not None:
         rows[f"density (per {unit}²)"] = pooled.get("density_per_unit2")

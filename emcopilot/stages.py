@@ -347,11 +347,9 @@ class LoopState:
                     truth = Instances(labels=label, points=point if atomistic else None)
                     predicted = segmenter.predict(Micrograph(image, pixel_size_nm=self.working_px, name="held-out"))
                     held_out.append((self.comparable(predicted), self.comparable(truth)))
-            predictions = [_load_instances(self.stage_dir("segment", round_index) / f"{i:05d}.npz")
-                           for i in range(len(self.micrographs))]
             # on the working grid, where every image has the same pixel size (one matching radius)
             real = [(self.comparable(p, scaling), self.comparable(q, scaling))
-                    for p, q, scaling in zip(predictions, self.priors, self.scalings())]
+                    for p, q, scaling in zip(self.predictions, self.priors, self.scalings())]
             synthetic, _ = self.load_synthetic(round_index)
             write_json(directory / "metrics.json", score(
                 metrics, held_out=held_out, real=real, synthetic_images=list(synthetic[:16]),
