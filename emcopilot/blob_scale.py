@@ -234,11 +234,21 @@ def _refined_log_sigmas(stack: np.ndarray, sigmas: np.ndarray, k: np.ndarray, ro
     return np.log(sigmas[k]) + np.clip(offset, -0.5, 0.5) * step
 
 
+def normalise_image(data: np.ndarray) -> np.ndarray:
+    """Robustly scale to about [0, 1] (0.5 and 99.5 percentiles), float32, NaN-free."""
+    data = np.asarray(data, np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = np.where(finite, data, np.median(data[finite]) if finite.any() else 0.0)
+    low, high = np.percentile(data, [0.5, 99.5])
+    if high <= low:
+        return np.zeros_like(data)
+    return ((data - low) / (high - low)).astype(np.float32)
+
+
 def blob_diameters_px(image: np.ndarray, bright: bool = True, kind: str = "particles") -> np.ndarray:
     """The diameters (px, ``2·sqrt(2)·sigma``, uncorrected) of the blobs of one polarity that stand out
     from the image's texture, one per object. Raises :class:`InputError` when none does."""
-    from .morphology import normalise_image
-
     stack, sigmas, factor = _scale_space(normalise_image(image))
     if bright:  # a bright blob is a minimum of the Laplacian
         stack = -stack

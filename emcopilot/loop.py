@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from .interfaces import Instances, Micrograph, TrainBudget
 from .inputs import gather
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
+from .stages import RunResult
 from .rundir import RunDirectory, digest, environment, write_errors, write_json
 
 if TYPE_CHECKING:
@@ -47,18 +47,6 @@ STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter",
 STAGE_SLOTS = {"extract": ("prior_extractor",), "adapter": ("physics_adapter",), "generator": ("generator",),
                "synthesize": ("generator", "physics_adapter"), "segmenter": ("segmenter",),
                "segment": ("segmenter",), "metrics": ("generator", "physics_adapter", "segmenter")}
-
-
-@dataclass
-class RunResult:
-    out: Path
-    micrographs: list[Micrograph]
-    instances: list[Instances]
-    table: Any
-    statistics: dict[str, Any]
-    errors: list[tuple[str, str]]
-    timings: dict[str, float] = field(default_factory=dict)
-    run_info: dict[str, Any] = field(default_factory=dict)
 
 
 class Loop:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .blob_scale import dominant_diameter_px  # noqa: F401 - part of this module's interface
+from .blob_scale import dominant_diameter_px, normalise_image  # noqa: F401 - part of this module's interface
 from .errors import InputError
 from .interfaces import Instances, Micrograph
 from .pixel_size import estimate_pixel_size, estimate_pixel_size_nm, expected_diameter_nm  # noqa: F401 - ditto
@@ -41,20 +41,6 @@ OUTLINE_BANK_SIZE = 64
 OUTLINE_POINTS = 64
 
 PRIOR_FORMAT = "emcopilot.morphology_prior/1"
-
-
-# --------------------------------------------------------------------------- scale
-
-def normalise_image(data: np.ndarray) -> np.ndarray:
-    """Robustly scale to about [0, 1] (0.5 and 99.5 percentiles), float32, NaN-free."""
-    data = np.asarray(data, np.float32)
-    finite = np.isfinite(data)
-    if not finite.all():
-        data = np.where(finite, data, np.median(data[finite]) if finite.any() else 0.0)
-    low, high = np.percentile(data, [0.5, 99.5])
-    if high <= low:
-        return np.zeros_like(data)
-    return ((data - low) / (high - low)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- the prior

@@ -6,6 +6,7 @@ take identical paths) and writes its own outputs atomically.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +17,20 @@ from .interfaces import Instances, Micrograph
 from .rundir import RunDirectory, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run returns: its folder, the micrographs, their instances, the particle table and statistics."""
+    out: Path
+    micrographs: list[Micrograph]
+    instances: list[Instances]
+    table: Any
+    statistics: dict[str, Any]
+    errors: list[tuple[str, str]]
+    timings: dict[str, float] = field(default_factory=dict)
+    run_info: dict[str, Any] = field(default_factory=dict)
+
 
 #: Round r > 1 keeps a predicted object as a prior when its score is at least this (see emcopilot.loop).
 CONFIDENT_SCORE = 0.5
@@ -388,7 +403,6 @@ class LoopState:
     # ------------------------------------------------------------ outputs
 
     def finish(self, errors):
-        from .loop import RunResult
         from .measure import write_outputs
         from .statistics import size_statistics
         out = self.run.root

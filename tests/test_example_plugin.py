@@ -61,6 +61,13 @@ def test_plugin_component_runs(example_site):
     assert result.stdout.strip() == "(64, 64) float32 True", result.stderr
 
 
+def test_plugin_component_passes_the_conformance_kit(example_site):
+    code = ("from emcopilot.testing import check_component, default_sample;"
+            "print(len(check_component('physics_adapter', 'idpc-stem', sample=default_sample(modality='idpc-stem'))))")
+    result = subprocess.run([sys.executable, "-c", code], env=example_site, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "4", result.stderr
+
+
 def test_without_the_package_it_is_absent():
     result = emcopilot(dict(os.environ), "plugins", "--json")
     assert "idpc-stem" not in result.stdout
