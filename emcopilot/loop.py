@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
-from . import __version__
+from . import __version__, stages
 from .errors import EmcopilotError, InputError, ReadError
 from .interfaces import Instances, Micrograph, TrainBudget
 from .inputs import gather
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
-from .stages import RunResult
 from .rundir import RunDirectory, digest, environment, write_errors, write_json
+from .stages import RunResult
 
 if TYPE_CHECKING:
     from .calibration import CalibrationTable
@@ -184,7 +183,6 @@ class Loop:
     # ----------------------------------------------------------------- run
 
     def run(self) -> RunResult:
-        from . import stages
         started = time.perf_counter()
         with RunDirectory(self.out) as run:
             micrographs, errors, records = self.read_inputs(run)
