@@ -319,6 +319,7 @@ def dominant_diameter_px(image: np.ndarray, bright: bool = True, kind: str = "pa
     """Typical diameter (px) of the objects of one polarity that stand out from the image's texture.
 
     ``kind`` is the recipe's ``sample.kind``: ``atoms`` takes the narrowest blobs (the probe's
-    width), ``clusters`` the median cluster of joined blobs, anything else the median blob. Raises :class:`InputError` when no blob stands out.
+    width), ``clusters`` the median cluster of joined blobs, anything else the median blob. Raises
+    :class:`InputError` when no blob stands out.
     """
     return typical_diameter_px(blob_diameters_px(image, bright, kind), kind)

@@ -3,8 +3,10 @@
 ``fake_registry`` builds a registry from in-test plugins only (entry-point
 discovery blocked), so core behaviour is tested without the built-ins.
 ``shared_data`` is the development data folder; tests using it skip when it
-is absent (for example on a machine without ../shared). Qt runs offscreen (the
-napari tests need no display).
+is absent (for example on a machine without ../shared). ``tiny_sam_checkpoint``
+is a randomly initialised SAM of :data:`TINY_SAM`'s architecture, for the tests
+that run the ``sam`` prior's code path. Qt runs offscreen (the napari tests need
+no display).
 """
 from __future__ import annotations
 
@@ -28,6 +30,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMCOPILOT_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: a SAM small enough to run in a test (exercises the code path, not quality)
+TINY_SAM = dict(embed_dim=32, depth=2, num_heads=2, patch_size=16, img_size=64, window_size=2,
+                global_attn_indexes=[1], mlp_ratio=2.0, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
+                decoder_heads=2, iou_hidden_dim=32, mask_in_chans=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_architecture() -> dict:
+    return dict(TINY_SAM)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    from emcopilot_plugins.priors.sam import build_sam
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
+    torch.save(build_sam(TINY_SAM).state_dict(), path)
+    return path
 
 
 @pytest.fixture

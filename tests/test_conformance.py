@@ -17,21 +17,6 @@ SAMPLES = {("prior_extractor", "atoms"): default_sample("atoms"),
            ("physics_adapter", "bf-stem"): default_sample(modality="bf-stem")}
 
 
-@pytest.fixture(scope="module")
-def sam_checkpoint(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("segment_anything")
-    from emcopilot_plugins.priors.sam import build_sam
-
-    torch.manual_seed(0)
-    tiny = dict(embed_dim=32, depth=2, num_heads=2, patch_size=16, img_size=64, window_size=2,
-                global_attn_indexes=[1], mlp_ratio=2.0, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
-                decoder_heads=2, iou_hidden_dim=32, mask_in_chans=16)
-    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
-    torch.save(build_sam(tiny).state_dict(), path)
-    return path
-
-
 def test_every_slot_has_components():
     assert {slot for slot, _ in ALL} == set(SLOTS)
 
@@ -40,7 +25,7 @@ def test_every_slot_has_components():
 def test_registered_component_conforms(slot, name, request):
     params = {}
     if (slot, name) == ("prior_extractor", "sam"):
-        params = {"checkpoint": str(request.getfixturevalue("sam_checkpoint")), "device": "cpu",
+        params = {"checkpoint": str(request.getfixturevalue("tiny_sam_checkpoint")), "device": "cpu",
                   "points_per_side": 4, "object_px_in_model": 8.0}
     if (slot, name) == ("metric", "lpips"):
         from emcopilot_plugins.metrics.image import lpips_backbone_file

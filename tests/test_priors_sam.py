@@ -12,12 +12,9 @@ from emcopilot.errors import CheckpointError, PluginError  # noqa: E402
 from emcopilot.plugins import get_registry  # noqa: E402
 from emcopilot.recipe import Sample  # noqa: E402
 from emcopilot_plugins.priors.filtering import masks_to_labels  # noqa: E402
-from emcopilot_plugins.priors.sam import architecture, build_sam, tile_starts  # noqa: E402
+from emcopilot_plugins.priors.sam import architecture, tile_starts  # noqa: E402
 
 SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 3.0], "working_pixel_size_nm": 0.2})
-TINY = dict(embed_dim=32, depth=2, num_heads=2, patch_size=16, img_size=64, window_size=2,
-            global_attn_indexes=[1], mlp_ratio=2.0, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
-            decoder_heads=2, iou_hidden_dim=32, mask_in_chans=16)
 #: settings that let a random model's masks through the filters
 PERMISSIVE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
               "min_contrast_snr": 0.0, "min_solidity": 0.0, "object_px_in_model": 8.0,
@@ -25,12 +22,9 @@ PERMISSIVE = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thr
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
+def tiny_checkpoint(tiny_sam_checkpoint):
     torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
-    torch.save(build_sam(TINY).state_dict(), path)
-    return path
+    return tiny_sam_checkpoint
 
 
 def particles(shape=(160, 160)):
@@ -59,12 +53,12 @@ def test_missing_file_is_a_checkpoint_error(tmp_path):
         create({"checkpoint": str(tmp_path / "nope.pth")})
 
 
-def test_architecture_is_inferred_from_shapes(tiny_checkpoint):
+def test_architecture_is_inferred_from_shapes(tiny_checkpoint, tiny_sam_architecture):
     state = torch.load(tiny_checkpoint, weights_only=True)
     arch = architecture(state)
     for key in ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "window_size", "prompt_dim",
                 "decoder_depth", "decoder_mlp_dim", "iou_hidden_dim", "mask_in_chans"):
-        assert arch[key] == TINY[key], key
+        assert arch[key] == tiny_sam_architecture[key], key
     assert arch["global_attn_indexes"] == [1] and arch["model_type"] == "custom"
 
 
