@@ -478,3 +478,61 @@ def test_self_training_fine_tunes_on_the_real_images_and_is_off_by_default():
     assert any(not torch.equal(a, b) for a, b in zip(off.net.state_dict().values(), on.net.state_dict().values()))
     with pytest.raises(EmcopilotError, match="call fit"):
         unet(PARTICLES, self_training=0.5).adapt(real, None, budget=budget)
+
+
+def test_a_second_pass_adds_only_the_objects_that_overlap_none_found_before():
+    from emcopilot_plugins.segmenters.instances import add_unmatched
+
+    base = np.zeros((40, 40), np.int32)
+    base[2:10, 2:10], base[20:28, 20:28] = 1, 2
+    extra = np.zeros_like(base)
+    extra[3:11, 3:11] = 1      # the first object again, shifted by a pixel: not added
+    extra[2:10, 30:38] = 2     # new
+    extra[26:34, 26:34] = 3    # touches object 2 (box IoU 4/124): added, on the pixels that are free
+    labels, scores, added = add_unmatched(base, np.array([0.9, 0.8]), extra, np.array([0.5, 0.6, 0.7]))
+    assert added == 2
+    np.testing.assert_array_equal(np.where(labels <= 2, labels, 0), base)
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    assert (labels[2:10, 30:38] == 3).all() and labels[26:28, 26:28].tolist() == [[2, 2], [2, 2]]
+    np.testing.assert_allclose(scores, [0.9, 0.8, 0.6, 0.7])
+    # nothing new, or nothing found before
+    assert add_unmatched(base, np.array([0.9, 0.8]), np.zeros_like(base), np.zeros(0))[2] == 0
+    labels, scores, added = add_unmatched(np.zeros_like(base), np.zeros(0), extra, np.array([0.5, 0.6, 0.7]))
+    assert added == 3 and labels.max() == 3 and scores.tolist() == pytest.approx([0.5, 0.6, 0.7])
+
+
+def test_a_coarser_pass_adds_the_particles_too_large_for_the_first(monkeypatch):
+    from skimage.measure import label as connected
+    from emcopilot_plugins.segmenters.instances import particle_targets
+
+    rows, cols = np.mgrid[:200, :200]
+    truth = np.zeros((200, 200), np.int32)
+    for row, col, radius in [(20, 20, 5), (20, 60, 5), (60, 20, 5), (60, 60, 5), (130, 50, 18), (60, 140, 18)]:
+        truth[(rows - row) ** 2 + (cols - col) ** 2 <= radius ** 2] = truth.max() + 1
+    image = (100 + 50 * (truth > 0)).astype(np.float32)
+
+    def network_blind_to_large_objects(normalised):
+        """Sharp maps of the bright disks, except those over 200 working px (a network sees them as support)."""
+        blobs = connected(normalised > 0.5)
+        blobs[np.isin(blobs, np.flatnonzero(np.bincount(blobs.ravel()) > 200))] = 0
+        return np.stack(particle_targets(blobs))
+
+    segmenter = unet(PARTICLES, rescan_scales=[0.4], min_score=0.0)
+    segmenter.trained, segmenter.last_tiles = True, 1
+    monkeypatch.setattr(segmenter, "predict_maps", network_blind_to_large_objects)
+    micrograph = Micrograph(image, pixel_size_nm=0.1)
+    twice = segmenter.predict(micrograph)
+    segmenter.params["rescan_scales"] = []
+    once = segmenter.predict(micrograph)
+    assert once.labels.max() == 4 and twice.metadata["rescan_added"] == {"0.4": 2}
+    np.testing.assert_array_equal(twice.labels[once.labels > 0], once.labels[once.labels > 0])
+    summary = match(twice, Instances(labels=truth)).summary()
+    assert summary["f1"] == 1.0 and len(twice.scores) == 6
+    large = np.bincount(twice.labels.ravel())[5:]  # measured on the micrograph's own grid
+    np.testing.assert_allclose(large, np.pi * 18 ** 2, rtol=0.15)
+
+
+@pytest.mark.parametrize("factors", [[1.0], [0.0], [0.6, 20.0]])
+def test_rescan_factors_that_mean_nothing_are_refused(factors):
+    with pytest.raises(EmcopilotError, match="rescan_scales must be factors"):
+        unet(PARTICLES, rescan_scales=factors)

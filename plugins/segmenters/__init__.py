@@ -63,6 +63,11 @@ UNET_PARAMS = {
                           "include)"),
     "min_score": Param(0.0, float, min=0.0, max=1.0,
                        help="drop particles whose mean foreground probability (before growing) is below this"),
+    "rescan_scales": Param([], list, items=float,
+                           help="particles and clusters: segment each frame again with its pixel size taken as "
+                                "these factors of itself (0.6: the frame shrunk to 0.6x, so particles too large "
+                                "for the network at the working scale come into its range) and add the objects "
+                                "that overlap none found before (box IoU < 0.1); [] : one pass"),
     "min_diameter_nm": Param(None, float, min=0.0, unit="nm",
                              help="drop particles with a smaller equivalent diameter; default half sample.diameter_nm[0]"),
     "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),

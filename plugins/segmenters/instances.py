@@ -118,6 +118,49 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     return labels, np.asarray(scores, np.float32)
 
 
+def add_unmatched(labels: np.ndarray, scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray, *,
+                  max_box_iou: float = 0.1) -> tuple[np.ndarray, np.ndarray, int]:
+    """``labels`` with the objects of ``extra`` that overlap none of them added: ``(labels, scores, added)``.
+
+    An object of ``extra`` (a second segmentation of the same grid, e.g. at
+    another scale) is added when its bounding box overlaps every box of
+    ``labels`` by an IoU below ``max_box_iou``; it takes the pixels of its own
+    that no object of ``labels`` holds, and its score comes along. The objects
+    of ``labels`` and their ids are unchanged; added objects follow them, their
+    ids after both the largest id and the number of ``scores``, so that label
+    ``k`` keeps score ``k - 1``.
+    """
+    from skimage.measure import regionprops_table
+    from emcopilot.evaluate import box_iou
+
+    labels = np.asarray(labels, np.int32)
+    extra = np.asarray(extra, np.int32)
+    if labels.shape != extra.shape:
+        raise ValueError(f"add_unmatched: label images of shapes {labels.shape} and {extra.shape}")
+    scores = np.asarray(scores, np.float32)
+    extra_scores = np.asarray(extra_scores, np.float32)
+    if extra.max() == 0:
+        return labels, scores, 0
+    theirs = regionprops_table(extra, properties=("label", "bbox"))
+    ours = regionprops_table(labels, properties=("label", "bbox")) if labels.max() else None
+    candidates = np.asarray(theirs["label"])
+    boxes = np.stack([theirs[f"bbox-{k}"] for k in range(4)], axis=1).astype(np.float64)
+    keep = np.ones(len(candidates), bool)
+    if ours is not None:
+        base = np.stack([ours[f"bbox-{k}"] for k in range(4)], axis=1).astype(np.float64)
+        for first in range(0, len(boxes), 256):  # a block of candidates at a time: memory stays bounded
+            keep[first:first + 256] = (box_iou(boxes[first:first + 256], base) < max_box_iou).all(axis=1)
+    # an object added takes the pixels no earlier object holds; one with none left is not added
+    added = np.intersect1d(candidates[keep], extra[(labels == 0) & (extra > 0)])
+    if not len(added):
+        return labels, scores, 0
+    first_id = max(int(labels.max()), len(scores)) + 1
+    new_id = np.zeros(int(extra.max()) + 1, np.int32)
+    new_id[added] = first_id + np.arange(len(added), dtype=np.int32)
+    merged = np.where(labels == 0, new_id[extra], labels).astype(np.int32)
+    return merged, np.concatenate([scores, extra_scores[added - 1]]).astype(np.float32), len(added)
+
+
 def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: float, min_distance_px: float,
                         radius_px: float, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Each detected cluster redrawn round the atoms inside it: ``(labels, atoms per cluster)``.

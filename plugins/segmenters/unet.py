@@ -223,6 +223,10 @@ class UNetSegmenter:
                 0 <= self.normalisation["percentiles"][0] < self.normalisation["percentiles"][1] <= 100):
             raise InputError(f"normalise_percentiles must be [low, high] with 0 <= low < high <= 100, "
                              f"got {self.params['normalise_percentiles']}")
+        rescan = self.params["rescan_scales"]
+        if any(not (0.1 <= factor <= 10) or factor == 1 for factor in rescan):
+            raise InputError(f"rescan_scales must be factors between 0.1 and 10 other than 1 "
+                             f"(0.6: the frame shrunk to 0.6x), got {rescan}")
         self.net = self._new_net()
         self.device = resolve_device(self.params["device"])
         self.trained = False
@@ -544,6 +548,33 @@ class UNetSegmenter:
             min_area_px=math.pi / 4 * self._px(diameter_min_nm) ** 2, grow_px=self._px(self.params["grow_nm"]),
             min_score=self.params["min_score"])
 
+    def _rescan(self, micrograph: Micrograph, labels: np.ndarray, scores: np.ndarray,
+                metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The particles found again with the frame shrunk by each of ``rescan_scales``, added where new.
+
+        A network trained over the recipe's size range at its working scale
+        misses what it sees too large: particles at the top of the range, or a
+        whole frame whose pixel size was estimated too large. Each further pass
+        treats the pixel size as that factor of itself, so particles look that
+        much smaller to the network; its objects that overlap none found so far
+        (box IoU < 0.1) are added, with their own scores. Sizes are measured on
+        the micrograph's own grid, so they do not depend on the pass.
+        """
+        added = []
+        pixel_size = micrograph.pixel_size_nm or self.working_pixel_size_nm
+        for factor in self.params["rescan_scales"]:
+            scaling = plan_scaling(micrograph.shape, pixel_size * factor, self.working_pixel_size_nm,
+                                   micrograph.name)
+            maps = self.predict_maps(normalise(to_working(micrograph.data, scaling), **self.normalisation))
+            metadata["tiles"] += self.last_tiles
+            extra, extra_scores = self._particles(maps)
+            labels, scores, count = post.add_unmatched(labels, scores, labels_to_original(extra, scaling),
+                                                       extra_scores)
+            added.append(count)
+        if added:
+            metadata["rescan_added"] = dict(zip(map(str, self.params["rescan_scales"]), added))
+        return labels, scores
+
     def predict(self, micrograph: Micrograph) -> Instances:
         if not self.trained:
             raise EmcopilotError("unet segmenter has no weights: call fit() or load(model_dir) first")
@@ -562,6 +593,7 @@ class UNetSegmenter:
         if self.mode == "particles":
             labels, scores = self._particles(maps)
             labels = labels_to_original(labels, scaling)
+            labels, scores = self._rescan(micrograph, labels, scores, metadata)
             if self.sample.kind == "clusters" and self.params["cluster_outline"] == "atoms":
                 # the atoms in the recorded contrast on the micrograph's own grid (a resampled or
                 # background-subtracted image blurs them), round the clusters the network found
