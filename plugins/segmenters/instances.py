@@ -131,7 +131,7 @@ def add_unmatched(labels: np.ndarray, scores: np.ndarray, extra: np.ndarray, ext
     ``k`` keeps score ``k - 1``.
     """
     from skimage.measure import regionprops_table
-    from emcopilot.evaluate import box_iou
+    from emcopilot.matching import box_iou
 
     labels = np.asarray(labels, np.int32)
     extra = np.asarray(extra, np.int32)
