@@ -192,11 +192,11 @@ def test_the_inference_network_computes_what_the_trained_one_does(particle_model
 
 @pytest.mark.parametrize("length, tiles, side", [(1024, 3, 368), (2048, 5, 440), (200, 1, 200), (512, 1, 512)])
 def test_tiles_cover_a_side_with_little_computed_twice(length, tiles, side):
-    from emcopilot_plugins.segmenters.unet import _starts, _tile_side
+    from emcopilot_plugins.segmenters.tiling import tile_starts, tile_side
 
-    found = _tile_side(length, 512, 32, 8)
+    found = tile_side(length, 512, 32, 8)
     assert found == side and found % 8 == 0 and found <= 512
-    assert len(_starts(length, found, found - 32)) == tiles
+    assert len(tile_starts(length, found, found - 32)) == tiles
 
 
 def test_the_background_is_smoothed_at_low_resolution_as_at_full():

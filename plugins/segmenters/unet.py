@@ -19,6 +19,10 @@ each BatchNorm folded into its convolution and tensors in channels-last memory
 (:func:`inference_network`), tiles sized so that few pixels are computed twice; each
 tile's output is averaged over ``test_time_flips`` flips and quarter turns
 (1 by default; 4 costs about 4x the network time of a single pass).
+
+The network is in :mod:`.network`, the normalisation in :mod:`.preprocess`,
+the tile plan in :mod:`.tiling` and the maps-to-instances steps in
+:mod:`.instances`; this module trains and runs them.
 """
 from __future__ import annotations
 
@@ -44,6 +48,9 @@ from emcopilot.recipe import Sample
 from emcopilot.scale import labels_to_original, plan_scaling, points_to_original, to_working
 
 from . import instances as post
+from .network import UNet, inference_network, resolve_device  # noqa: F401  (importable from here)
+from .preprocess import normalise, smooth_background  # noqa: F401
+from .tiling import pad_to, tile_starts, tile_side, blend_window
 
 log = logging.getLogger(__name__)
 
@@ -51,157 +58,10 @@ PARTICLE_OUTPUTS = ("foreground", "distance")
 ATOM_OUTPUTS = ("heatmap",)
 
 
-# --------------------------------------------------------------------------- the network
-
-def _norm(channels: int) -> nn.Module:
-    # BatchNorm: at inference it uses running statistics, so a pixel's output does not depend on
-    # the rest of its tile (GroupNorm/InstanceNorm would make tiled and whole-frame results differ)
-    return nn.BatchNorm2d(channels)
-
-
-class _Block(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), _norm(out_channels),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), _norm(out_channels),
-                         nn.ReLU(inplace=True))
-
-
-class UNet(nn.Module):
-    """U-Net (Ronneberger et al., MICCAI 2015) with ``depth`` poolings and ``width`` base channels."""
-
-    def __init__(self, depth: int, width: int, out_channels: int, in_channels: int = 1):
-        super().__init__()
-        channels = [width * 2 ** level for level in range(depth + 1)]
-        self.encoder = nn.ModuleList([_Block(in_channels, channels[0])] +
-                                     [_Block(channels[level - 1], channels[level]) for level in range(1, depth + 1)])
-        self.reduce = nn.ModuleList([nn.Conv2d(channels[level + 1], channels[level], 1) for level in range(depth)])
-        self.decoder = nn.ModuleList([_Block(2 * channels[level], channels[level]) for level in range(depth)])
-        self.head = nn.Conv2d(channels[0], out_channels, 1)
-        self.depth = depth
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for level, block in enumerate(self.encoder):
-            x = block(x if level == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for level in reversed(range(self.depth)):
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            x = self.decoder[level](torch.cat([skips.pop(), self.reduce[level](x)], dim=1))
-        return self.head(x)
-
-
 # --------------------------------------------------------------------------- helpers
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def smooth_background(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """The image smoothed by a Gaussian of ``sigma_px`` (edges reflected), computed on a copy
-    block-averaged by ``sigma_px // 4`` and interpolated back: a background that wide has nothing
-    finer than the blocks, so it differs from the full-resolution filter by about a hundredth of the
-    noise, at an eighth of the cost (0.04 s, not 0.32, for sigma 50 px on 1024²)."""
-    from scipy import ndimage
-    from skimage.transform import downscale_local_mean
-
-    block = max(1, int(sigma_px // 4))
-    if block == 1:
-        return ndimage.gaussian_filter(image, sigma_px, mode="reflect")
-    height, width = image.shape
-    margin = int(math.ceil(3 * sigma_px / block)) * block  # reflected at full resolution, as the filter does
-    padded = np.pad(image, ((margin, margin - height % block + block), (margin, margin - width % block + block)),
-                    mode="symmetric")
-    small = downscale_local_mean(padded, (block, block))
-    # the block mean already smoothed by a box of variance (block² - 1) / 12 px²
-    small = ndimage.gaussian_filter(small, math.sqrt(sigma_px ** 2 - (block ** 2 - 1) / 12) / block, mode="nearest")
-    full = ndimage.zoom(small, block, order=1, grid_mode=True, mode="nearest")
-    return full[margin:margin + height, margin:margin + width].astype(np.float32)
-
-
-def normalise(image: np.ndarray, percentiles: Sequence[float], invert: bool,
-              background_px: float | None = None) -> np.ndarray:
-    """Robust intensity normalisation: the low/high percentiles map to 0/1 (not clipped).
-
-    With ``background_px`` a Gaussian-smoothed background of that width is
-    subtracted first, so only structure finer than it is left (vacuum edges,
-    thickness steps and uneven illumination go).
-    """
-    if background_px:
-        image = np.asarray(image, np.float32)
-        image = image - smooth_background(image, float(background_px))
-    low, high = np.percentile(image, percentiles)
-    scale = high - low if high > low else (float(np.std(image)) or 1.0)
-    out = (np.asarray(image, np.float32) - low) / scale
-    return (1.0 - out if invert else out).astype(np.float32)
-
 
 #: (quarter turns, horizontal flip): the identity first, then the transforms test-time averaging adds.
 _SYMMETRIES = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-
-
-def _window(size: int, overlap: int) -> np.ndarray:
-    """1-D blending weight: a raised-cosine ramp over ``overlap`` pixels at each side, never zero."""
-    weight = np.ones(size, np.float32)
-    if overlap > 0:
-        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
-        weight[:overlap] = ramp
-        weight[size - overlap:] = np.minimum(weight[size - overlap:], ramp[::-1])
-    return np.maximum(weight, 1e-3)
-
-
-def _tile_side(length: int, largest: int, overlap: int, multiple: int) -> int:
-    """The least tile side, a multiple of ``multiple`` and at most ``largest``, that covers ``length``
-    in as few tiles (overlapping by ``overlap``) as ``largest`` would: with tiles of at most 512 px
-    and 32 px of overlap a 1024 px side takes three tiles of 368, not three of 512, and the network
-    sees 8 %, not 50 %, more pixels than the image has."""
-    if length <= largest:
-        return math.ceil(length / multiple) * multiple
-    count = math.ceil((length - overlap) / (largest - overlap))
-    side = math.ceil(((length - overlap) / count + overlap) / multiple) * multiple
-    return min(largest, side)
-
-
-def inference_network(net: nn.Module, device: torch.device) -> nn.Module:
-    """A copy of ``net`` for inference: each convolution and the BatchNorm after it folded into one
-    convolution (the same function in eval mode, to float rounding), in channels-last memory, which
-    oneDNN convolves about 1.5x faster on a CPU. The training network is left as it is."""
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    fused = copy.deepcopy(net).eval()
-    for module in fused.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            conv, norm = module._modules[first], module._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                module._modules[first] = fuse_conv_bn_eval(conv, norm)
-                module._modules[second] = nn.Identity()
-    return fused.to(device).to(memory_format=torch.channels_last)
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def _pad_to(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    pad = [(0, max(0, shape[0] - array.shape[-2])), (0, max(0, shape[1] - array.shape[-1]))]
-    if not any(p[1] for p in pad):
-        return array
-    pad = [(0, 0)] * (array.ndim - 2) + pad
-    mode = "reflect" if all(p[1] < s for p, s in zip(pad[-2:], array.shape[-2:])) else "symmetric"
-    return np.pad(array, pad, mode=mode)
 
 
 # --------------------------------------------------------------------------- the segmenter
@@ -311,7 +171,7 @@ class UNetSegmenter:
         for image, label in zip(images, labels):
             image = np.asarray(image, np.float32)
             stack = np.concatenate([normalise(image, **self.normalisation)[None], self._targets(image, label)])
-            stacks.append(_pad_to(stack, (crop, crop)))
+            stacks.append(pad_to(stack, (crop, crop)))
         weights = np.array([s.shape[1] * s.shape[2] for s in stacks], float)
         weights /= weights.sum()
         self._synthetic = (stacks, weights, crop, int(budget.steps))  # for adapt(): half of each batch
@@ -444,7 +304,7 @@ class UNetSegmenter:
             foreground, distance = post.particle_targets(labels)
             weight = ((labels > 0) | (maps[0] < self.params["self_training_ignore_below"])).astype(np.float32)
             kept_share.append(float(weight.mean()))
-            real.append(_pad_to(np.stack([normalised, foreground, distance, weight]), (crop, crop)))
+            real.append(pad_to(np.stack([normalised, foreground, distance, weight]), (crop, crop)))
         real_weights = np.array([s.shape[1] * s.shape[2] for s in real], float)
         real_weights /= real_weights.sum()
         rng = np.random.default_rng(budget.seed + 1)
@@ -501,13 +361,13 @@ class UNetSegmenter:
         height, width = image.shape
         tile = max(multiple, self.params["tile_px"] // multiple * multiple)
         overlap = min(self.params["tile_overlap_px"], tile // 2)
-        tile_h = _tile_side(height, tile, overlap, multiple)
-        tile_w = _tile_side(width, tile, overlap, multiple)
-        padded = _pad_to(image, (max(height, tile_h), max(width, tile_w)))
-        starts = [(r, c) for r in _starts(padded.shape[0], tile_h, tile_h - overlap)
-                  for c in _starts(padded.shape[1], tile_w, tile_w - overlap)]
-        weight = np.outer(_window(tile_h, overlap if padded.shape[0] > tile_h else 0),
-                          _window(tile_w, overlap if padded.shape[1] > tile_w else 0)).astype(np.float32)
+        tile_h = tile_side(height, tile, overlap, multiple)
+        tile_w = tile_side(width, tile, overlap, multiple)
+        padded = pad_to(image, (max(height, tile_h), max(width, tile_w)))
+        starts = [(r, c) for r in tile_starts(padded.shape[0], tile_h, tile_h - overlap)
+                  for c in tile_starts(padded.shape[1], tile_w, tile_w - overlap)]
+        weight = np.outer(blend_window(tile_h, overlap if padded.shape[0] > tile_h else 0),
+                          blend_window(tile_w, overlap if padded.shape[1] > tile_w else 0)).astype(np.float32)
         total = np.zeros((len(self.outputs),) + padded.shape, np.float32)
         norm = np.zeros(padded.shape, np.float32)
         net = inference_network(self.net, self.device)
