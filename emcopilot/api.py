@@ -373,6 +373,7 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
     from .batch import cached_model, merge_parts, run_batch
     from .inputs import gather
     from .measure import mask_file_name
+    from .models import read_manifest
     from .rundir import RunDirectory, environment, refuse_run_folder, remove_stale_outputs, write_errors, write_json
 
     if workers is not None and workers < 1:
@@ -402,6 +403,7 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
         write_json(folder / "run.json", {
             "command": "segment", "model": str(model),
             "model_config": json.loads((Path(model) / "config.json").read_text(encoding="utf-8")),
+            "model_manifest": {k: v for k, v in read_manifest(Path(model)).items() if k != "path"},
             "param_overrides": overrides,
             "execution": {"workers": workers, "scheduler": scheduler},
             "inputs": [item.record() for item in inputs],

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import EmcopilotError, InputError
 from .interfaces import Instances, Micrograph
+from .models import save_model
 from .rundir import RunDirectory, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,9 @@ class LoopState:
                 adapted = segmenter.adapt(real, directory / "work", budget=budget)
                 if adapted:
                     history = {**history, "adapt": adapted}
-            segmenter.save(directory / "model")
+            choice = self.loop.recipe.segmenter
+            save_model(segmenter, directory / "model", plugin=choice.plugin, params=choice.params,
+                       sample=self.loop.recipe.sample, registry=self.loop.registry)
             write_json(directory / "history.json", history or {})
         return compute
 

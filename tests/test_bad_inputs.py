@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 from emcopilot.cli import main  # noqa: E402
 from emcopilot.interfaces import Instances, TrainBudget  # noqa: E402
+from emcopilot.models import save_model  # noqa: E402
 from emcopilot.plugins import get_registry  # noqa: E402
 from emcopilot.recipe import Sample  # noqa: E402
 
@@ -106,7 +107,7 @@ def tiny_model(tmp_path_factory):
     image = _disks().astype(np.float32)
     segmenter.fit([image], [Instances(labels=(image > 100).astype(np.int32))], None,
                   budget=TrainBudget(steps=4, batch_size=2, crop_px=32, seed=0, progress=False))
-    segmenter.save(folder / "model")
+    save_model(segmenter, folder / "model", plugin="unet", params={"depth": 2, "width": 4}, sample=sample)
     return folder / "model"
 
 
@@ -174,35 +175,57 @@ def test_a_bad_recipe_is_one_line_naming_the_file(case, tmp_path, capsys):
 
 # ------------------------------------------------------------------ bad models (segment --model)
 
-def _edit_config(edit):
+def _edit_config(edit, name="config.json"):
     def apply(model: Path) -> None:
-        config = json.loads((model / "config.json").read_text())
+        config = json.loads((model / name).read_text())
         edit(config)
-        (model / "config.json").write_text(json.dumps(config))
+        (model / name).write_text(json.dumps(config))
+    return apply
+
+
+def _edit_manifest(edit):
+    return _edit_config(edit, "model.json")
+
+
+def _without_manifest(edit):
+    """A folder a plugin's save() wrote alone: read from its config.json."""
+    def apply(model: Path) -> None:
+        (model / "model.json").unlink()
+        edit(model)
     return apply
 
 
 MODEL_CASES = {
-    "no-config": (lambda m: (m / "config.json").unlink(), "no config.json"),
-    "config-not-json": (lambda m: (m / "config.json").write_text("{nope"), "not readable JSON"),
-    "config-a-list": (lambda m: (m / "config.json").write_text("[1, 2]"), "does not name a segmenter"),
-    "foreign-config": (lambda m: (m / "config.json").write_text('{"model_type": "bert"}'), "does not name a segmenter"),
-    "unknown-plugin": (_edit_config(lambda c: c["segmenter"].update(plugin="unet2")), "no segmenter named 'unet2'"),
-    "params-a-list": (_edit_config(lambda c: c["segmenter"].update(params=[1])), "segmenter.params must be a mapping"),
-    "bad-param": (_edit_config(lambda c: c["segmenter"]["params"].update(depth="deep")), "depth"),
+    "no-config": (lambda m: (m / "config.json").unlink(), "config.json"),
+    "no-manifest-no-config": (_without_manifest(lambda m: (m / "config.json").unlink()),
+                              "no model.json or config.json"),
+    "config-not-json": (lambda m: (m / "config.json").write_text("{nope"), "config.json: not a readable JSON"),
+    "manifest-not-json": (lambda m: (m / "model.json").write_text("{nope"), "not readable JSON"),
+    "manifest-foreign": (lambda m: (m / "model.json").write_text('{"model_type": "bert"}'),
+                         "not an emcopilot segmenter manifest"),
+    "manifest-newer": (_edit_manifest(lambda c: c.update(format_version=99)), "upgrade emcopilot"),
+    "config-a-list": (_without_manifest(lambda m: (m / "config.json").write_text("[1, 2]")),
+                      "must hold a JSON object"),
+    "foreign-config": (_without_manifest(lambda m: (m / "config.json").write_text('{"model_type": "bert"}')),
+                       "does not name a segmenter"),
+    "unknown-plugin": (_edit_manifest(lambda c: c.update(plugin="unet2")), "no segmenter named 'unet2'"),
+    "params-a-list": (_edit_manifest(lambda c: c.update(params=[1])), "segmenter params must be a mapping"),
+    "bad-param": (_edit_manifest(lambda c: c["params"].update(depth="deep")), "depth"),
+    "unknown-plugin-without-manifest": (_without_manifest(_edit_config(lambda c: c["segmenter"].update(plugin="unet2"))),
+                                        "no segmenter named 'unet2'"),
     "pixel-size-text": (_edit_config(lambda c: c.update(working_pixel_size_nm="abc")), "working_pixel_size_nm"),
     "pixel-size-negative": (_edit_config(lambda c: c.update(working_pixel_size_nm=-1)), "working_pixel_size_nm"),
     "architecture-number": (_edit_config(lambda c: c.update(architecture=5)), "architecture must be a mapping"),
     "architecture-changed": (_edit_config(lambda c: c["architecture"].update(width=64)), "architecture does not match"),
-    "sample-bad": (_edit_config(lambda c: c["sample"].update(kind="atom")), "sample.kind"),
+    "sample-bad": (_edit_manifest(lambda c: c["sample"].update(kind="atom")), "sample.kind"),
     "weights-missing": (lambda m: (m / "model.safetensors").unlink(), "missing"),
     "weights-tampered": (lambda m: (m / "model.safetensors").write_bytes(
         (m / "model.safetensors").read_bytes()[:-8] + b"\0" * 8), "SHA-256 differs"),
     "weights-outside": (_edit_config(lambda c: c["weights"]["model"].update(file="../model.safetensors")),
                         "must name a file in the folder"),
-    "pickle-only": (lambda m: ((m / "config.json").unlink(), (m / "model.safetensors").unlink(),
+    "pickle-only": (lambda m: ((m / "config.json").unlink(), (m / "model.json").unlink(), (m / "model.safetensors").unlink(),
                                torch.save({"w": torch.zeros(1)}, m / "model.pt")), "refused"),
-    "model-is-a-file": (lambda m: None, "no config.json"),
+    "model-is-a-file": (lambda m: None, "no model.json or config.json"),
 }
 
 

@@ -1,9 +1,10 @@
 """``emcopilot segment --model DIR --input PATH... --out DIR``: apply a trained segmenter.
 
-The model folder (``model/`` of a run, or a segmenter's ``save``) holds a
-``config.json`` naming the segmenter plugin, its params and the recipe's
-``sample:`` block; the segmenter is rebuilt from it (``--param NAME=VALUE``
-overrides one of its saved parameters for this batch) and loads its weights.
+The model folder (``model/`` of a run, or a segmenter's ``save``) holds the
+manifest ``model.json`` naming the segmenter plugin, its params and the recipe's
+``sample:`` block (:mod:`emcopilot.models`); the segmenter is rebuilt from it
+(``--param NAME=VALUE`` overrides one of its saved parameters for this batch)
+and loads its weights.
 Writes the particle table and masks (docs/particle-table.md): ``particles.csv``/``.parquet``, ``masks/``,
 ``run.json``.
 """
@@ -19,9 +20,9 @@ from . import add_calibration_arguments, add_input_arguments, read_calibration_a
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "segment", help="segment micrographs with a trained model folder",
-        description="Rebuild the segmenter named in MODEL/config.json, load its weights, segment every input "
+        description="Rebuild the segmenter named in MODEL/model.json, load its weights, segment every input "
                     "and write particles.csv, particles.parquet, masks/ and run.json to --out.")
-    parser.add_argument("--model", required=True, type=Path, help="model folder (config.json + weights)")
+    parser.add_argument("--model", required=True, type=Path, help="model folder (model.json, the plugin's config.json and weights)")
     add_input_arguments(parser)
     parser.add_argument("--out", "-o", required=True, type=Path, help="output directory")
     add_calibration_arguments(parser)
