@@ -18,7 +18,10 @@ tiles at a time, under ``torch.inference_mode``, on CUDA when available, with
 each BatchNorm folded into its convolution and tensors in channels-last memory
 (:func:`inference_network`), tiles sized so that few pixels are computed twice; each
 tile's output is averaged over ``test_time_flips`` flips and quarter turns
-(1 by default; 4 costs about 4x the network time of a single pass).
+(1 by default; 4 costs about 4x the network time of a single pass). With
+``rescan_scales`` a particle frame is segmented again shrunk by each factor and
+the objects that overlap none found before are added, so particles too large for
+the network at the working scale are found too.
 
 The network is in :mod:`.network`, the normalisation in :mod:`.preprocess`,
 the tile plan in :mod:`.tiling` and the maps-to-instances steps in
