@@ -15,7 +15,7 @@ a strongly uneven background, so detection is relative to the *local* noise:
 5. output: the points, plus a small disk per atom (label ``k + 1`` for point
    ``k``); with ``group_clusters`` atoms closer than ``cluster_distance_nm``
    are merged into one labelled cluster instead: the union of their disks with the gaps
-   between neighbours closed (:func:`emcopilot.layout.cluster_outline`).
+   between neighbours closed (:func:`emcopilot.outlines.cluster_outline`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from emcopilot.interfaces import Instances, Micrograph
-from emcopilot.layout import cluster_outlines
+from emcopilot.outlines import cluster_outlines
 from emcopilot.morphology import normalise_image
 
 from .scale import image_scale, is_bright
