@@ -536,3 +536,8 @@ def test_a_coarser_pass_adds_the_particles_too_large_for_the_first(monkeypatch):
 def test_rescan_factors_that_mean_nothing_are_refused(factors):
     with pytest.raises(EmcopilotError, match="rescan_scales must be factors"):
         unet(PARTICLES, rescan_scales=factors)
+
+
+def test_rescanning_is_refused_for_single_atoms():
+    with pytest.raises(EmcopilotError, match="rescan_scales applies to particles and clusters"):
+        unet(ATOMS, rescan_scales=[0.7])

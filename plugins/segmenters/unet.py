@@ -90,6 +90,9 @@ class UNetSegmenter:
         if any(not (0.1 <= factor <= 10) or factor == 1 for factor in rescan):
             raise InputError(f"rescan_scales must be factors between 0.1 and 10 other than 1 "
                              f"(0.6: the frame shrunk to 0.6x), got {rescan}")
+        if rescan and self.mode == "atoms":
+            raise InputError(f"rescan_scales applies to particles and clusters, not to atoms (mode {self.mode!r}); "
+                             f"use [] for single atoms")
         self.net = self._new_net()
         self.device = resolve_device(self.params["device"])
         self.trained = False
