@@ -27,23 +27,39 @@ def save_model(segmenter: Any, model_dir: Path, *, plugin: str, params: Mapping[
                sample: Any = None, registry: Any = None) -> Path:
     """Save ``segmenter`` (made by the segmenter plugin ``plugin`` from ``params`` and ``sample``) to
     ``model_dir``: the plugin's ``save`` writes its weights and config, then the manifest is written."""
-    from . import __version__
-    from .errors import CheckpointError, InputError
+    resolved = _resolved(plugin, params, registry)  # refused before anything is written
+    model_dir = Path(model_dir)
+    segmenter.save(model_dir)
+    working = getattr(segmenter, "working_pixel_size_nm", None)
+    return write_manifest(model_dir, plugin=plugin, params=resolved, sample=sample, registry=registry,
+                          working_pixel_size_nm=working if isinstance(working, (int, float)) else None)
+
+
+def _resolved(plugin: str, params: Mapping[str, Any] | None, registry: Any) -> dict[str, Any]:
+    from .errors import InputError
     from .params import ParamsProblem, validate_params
     from .plugins import get_registry
 
     component = (registry or get_registry()).get("segmenter", plugin)
     try:
-        resolved = validate_params(component.params, params, owner=f"segmenter {plugin!r}")
+        return validate_params(component.params, params, owner=f"segmenter {plugin!r}")
     except ParamsProblem as problem:
         raise InputError(f"segmenter {plugin!r}: {problem.key}: {problem.reason}") from None
+
+
+def write_manifest(model_dir: Path, *, plugin: str, params: Mapping[str, Any] | None = None, sample: Any = None,
+                   registry: Any = None, working_pixel_size_nm: float | None = None) -> Path:
+    """Write (or rewrite) the manifest ``model.json`` of the model folder ``model_dir``."""
+    from . import __version__
+    from .errors import CheckpointError
+    from .plugins import get_registry
+
+    component = (registry or get_registry()).get("segmenter", plugin)
     model_dir = Path(model_dir)
-    segmenter.save(model_dir)
-    working = getattr(segmenter, "working_pixel_size_nm", None)
     manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "slot": "segmenter",
-                "plugin": plugin, "params": resolved,
+                "plugin": plugin, "params": _resolved(plugin, params, registry),
                 "sample": sample.as_dict() if hasattr(sample, "as_dict") else sample,
-                "working_pixel_size_nm": float(working) if isinstance(working, (int, float)) else None,
+                "working_pixel_size_nm": None if working_pixel_size_nm is None else float(working_pixel_size_nm),
                 "distribution": component.origin.distribution, "version": component.origin.version,
                 "emcopilot_version": __version__}
     try:

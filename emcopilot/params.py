@@ -21,7 +21,10 @@ class Param:
 
     ``type`` is one of ``bool, int, float, str, list, dict``. ``None`` as a
     default means optional (``nullable``). ``min``/``max`` are inclusive.
-    ``items`` constrains the element type of a list.
+    ``items`` constrains the element type of a list. ``inference_only``: the
+    component reads it only when it predicts, never while it trains (a
+    segmenter's post-processing, for example): the loop then re-segments with a
+    changed value and keeps the trained model.
     """
 
     default: Any
@@ -33,6 +36,7 @@ class Param:
     help: str = ""
     items: type | None = None
     nullable: bool = field(default=False)
+    inference_only: bool = False
 
     def __post_init__(self):
         if self.type not in _TYPE_NAMES:
@@ -71,6 +75,8 @@ class Param:
                 out[key] = getattr(self, key)
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.inference_only:
+            out["inference_only"] = True
         return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import EmcopilotError, InputError
 from .interfaces import Instances, Micrograph
-from .models import save_model
+from .models import read_manifest, save_model, write_manifest
 from .rundir import RunDirectory, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,13 @@ class LoopState:
                    {"prior": key("prior"), "adapter": key("adapter"), "generator": key("generator"),
                     "count": profile["synthetic_images"], "image_px": profile["image_px"], "seed": loop.seed},
                    self.synthesize(round_index))
+        # settings the segmenter reads only when it predicts re-segment with the trained model kept
+        learning, predicting = self.segmenter_settings()
         loop.stage(self.run, "segmenter", round_index,
-                   {"synthesize": key("synthesize"), "segmenter": slot("segmenter"),
+                   {"synthesize": key("synthesize"), "segmenter": {**slot("segmenter"), "choice": learning},
                     "budget": budget("segmenter_steps"), "seed": loop.seed}, self.fit_segmenter(round_index))
-        loop.stage(self.run, "segment", round_index, {"segmenter": key("segmenter")}, self.segment(round_index))
+        loop.stage(self.run, "segment", round_index, {"segmenter": key("segmenter"), "predicting": predicting},
+                   self.segment(round_index))
         self.load_predictions(round_index)
         loop.stage(self.run, "metrics", round_index,
                    {"segment": key("segment"), "metrics": recipe["metrics"], "seed": loop.seed},
@@ -321,6 +324,16 @@ class LoopState:
 
     # ------------------------------------------------------------ segmenter
 
+    def segmenter_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The recipe's segmenter choice without its inference-only settings (what training depends on),
+        and those settings (what segmenting depends on besides the trained model)."""
+        choice = self.loop.recipe.segmenter
+        schema = self.loop.registry.get("segmenter", choice.plugin).params
+        inference = {name for name, param in schema.items() if param.inference_only}
+        training = {"plugin": choice.plugin,
+                    "params": {k: v for k, v in choice.params.items() if k not in inference}}
+        return training, {k: v for k, v in choice.params.items() if k in inference}
+
     def fit_segmenter(self, round_index: int):
         def compute(directory: Path) -> None:
             images, truth = self.load_synthetic(round_index)
@@ -414,6 +427,12 @@ class LoopState:
         statistics = size_statistics(table, images, seed=self.loop.seed)
         write_json(out / "statistics.json", statistics)
         _copy_tree(self.stage_dir("segmenter", self.final_round) / "model", out / "model")
+        # the trained model with the settings this run segmented with (inference-only ones may have
+        # changed since it was trained)
+        choice = self.loop.recipe.segmenter
+        trained = read_manifest(out / "model")
+        write_manifest(out / "model", plugin=choice.plugin, params=choice.params, sample=self.loop.recipe.sample,
+                       registry=self.loop.registry, working_pixel_size_nm=trained.get("working_pixel_size_nm"))
         write_json(out / "model" / "recipe.json", self.loop.recipe.as_dict())
         return RunResult(out=out, micrographs=self.micrographs, instances=self.predictions, table=table,
                          statistics=statistics, errors=errors)

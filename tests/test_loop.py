@@ -110,6 +110,21 @@ def test_changed_budget_recomputes_only_what_depends_on_it(experiment, tmp_path)
     assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"]
 
 
+def test_a_changed_inference_only_setting_re_segments_with_the_trained_model(experiment, tmp_path):
+    recipe, inputs = experiment
+    out = tmp_path / "run"
+    assert run(recipe, inputs, out) == 0
+    model = (out / "stages" / "segmenter@1" / "model" / "model.safetensors").read_bytes()
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(recipe.read_text().replace("{width: 4, depth: 2}", "{width: 4, depth: 2, rescan_scales: [0.5]}"))
+    assert run(changed, inputs, out) == 0
+    assert run_info(out)["stages_reused"] == ["extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1",
+                                              "segmenter@1"]
+    assert (out / "stages" / "segmenter@1" / "model" / "model.safetensors").read_bytes() == model
+    # the run's model folder carries the settings it segmented with
+    assert json.loads((out / "model" / "model.json").read_text())["params"]["rescan_scales"] == [0.5]
+
+
 def test_max_minutes_from_the_command_line_is_the_training_budget(experiment, tmp_path, capsys):
     recipe, inputs = experiment
     out = tmp_path / "run"

@@ -24,6 +24,8 @@ def _param_line(key: str, description: dict) -> str:
         bounds.append("one of " + ", ".join(map(str, description["choices"])))
     if "min" in description or "max" in description:
         bounds.append(f"{description.get('min', '')}..{description.get('max', '')}")
+    if description.get("inference_only"):
+        bounds.append("inference only: changing it keeps the trained model")
     bounds_text = f" ({'; '.join(bounds)})" if bounds else ""
     help_text = f": {description['help']}" if description.get("help") else ""
     return f"      {key} = {description['default']!r}{unit}{bounds_text}{help_text}"

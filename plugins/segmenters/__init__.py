@@ -67,26 +67,33 @@ UNET_PARAMS = {
                            help="particles and clusters: segment each frame again with its pixel size taken as "
                                 "these factors of itself (0.6: the frame shrunk to 0.6x, so particles too large "
                                 "for the network at the working scale come into its range) and add the objects "
-                                "that overlap none found before (box IoU < 0.1); [] : one pass"),
+                                "that overlap none found before (box IoU < 0.1); [] : one pass", inference_only=True),
     "min_diameter_nm": Param(None, float, min=0.0, unit="nm",
                              help="drop particles with a smaller equivalent diameter; default half sample.diameter_nm[0]"),
     "atom_sigma_nm": Param(0.06, float, min=1e-3, unit="nm", help="Gaussian width of an atom in the target heatmap"),
-    "peak_threshold": Param(0.5, float, min=0.0, max=1.0, help="least heatmap height of a detected atom"),
-    "min_atom_distance_nm": Param(0.15, float, min=0.0, unit="nm", help="least distance between detected atoms"),
+    "peak_threshold": Param(0.5, float, min=0.0, max=1.0, help="least heatmap height of a detected atom",
+                            inference_only=True),
+    "min_atom_distance_nm": Param(0.15, float, min=0.0, unit="nm", help="least distance between detected atoms",
+                                  inference_only=True),
     "atom_position_fit": Param(True, bool,
                                help="refine each atom to a fraction of a pixel by a 2-D Gaussian fitted to the "
-                                    "micrograph (the particle table's atom_* columns); false: the heatmap peak"),
-    "atom_disk_radius_nm": Param(0.1, float, min=0.0, unit="nm", help="radius of an atom's disk in the label image"),
+                                    "micrograph (the particle table's atom_* columns); false: the heatmap peak",
+                               inference_only=True),
+    "atom_disk_radius_nm": Param(0.1, float, min=0.0, unit="nm", help="radius of an atom's disk in the label image",
+                                 inference_only=True),
     "cluster_distance_nm": Param(None, float, min=0.0, unit="nm",
-                                 help="atoms closer than this share one label (a cluster); none: one label per atom"),
+                                 help="atoms closer than this share one label (a cluster); none: one label per atom",
+                                 inference_only=True),
     "cluster_outline": Param("atoms", str, choices=("atoms", "foreground"),
                              help="sample.kind 'clusters': the outline of each detected cluster drawn round the atom "
-                                  "peaks inside it (disks of half a bond, gaps closed), or the network's foreground"),
+                                  "peaks inside it (disks of half a bond, gaps closed), or the network's foreground",
+                             inference_only=True),
     "cluster_atom_fraction": Param(0.35, float, min=0.0, max=1.0,
                                    help="an atom peak of a cluster rises above the support by at least this share "
-                                        "of the cluster's brightest peak"),
+                                        "of the cluster's brightest peak", inference_only=True),
     "cluster_atom_fwhm_nm": Param(0.12, float, min=1e-3, unit="nm",
-                                  help="image width of one atom (the smoothing before the atom peaks are found)"),
+                                  help="image width of one atom (the smoothing before the atom peaks are found)",
+                                  inference_only=True),
 }
 
 
