@@ -27,48 +27,53 @@ def save_model(segmenter: Any, model_dir: Path, *, plugin: str, params: Mapping[
                sample: Any = None, registry: Any = None) -> Path:
     """Save ``segmenter`` (made by the segmenter plugin ``plugin`` from ``params`` and ``sample``) to
     ``model_dir``: the plugin's ``save`` writes its weights and config, then the manifest is written."""
-    resolved = _resolved(plugin, params, registry)  # refused before anything is written
-    model_dir = Path(model_dir)
-    segmenter.save(model_dir)
+    from .rundir import write_text
+
     working = getattr(segmenter, "working_pixel_size_nm", None)
-    return write_manifest(model_dir, plugin=plugin, params=resolved, sample=sample, registry=registry,
-                          working_pixel_size_nm=working if isinstance(working, (int, float)) else None)
+    model_dir = Path(model_dir)
+    # settings checked and serialised before anything is written
+    text = _manifest_text(model_dir, plugin, params, sample, registry,
+                          working if isinstance(working, (int, float)) else None)
+    segmenter.save(model_dir)
+    write_text(model_dir / MANIFEST_NAME, text)
+    return model_dir
 
 
-def _resolved(plugin: str, params: Mapping[str, Any] | None, registry: Any) -> dict[str, Any]:
-    from .errors import InputError
+def write_manifest(model_dir: Path, *, plugin: str, params: Mapping[str, Any] | None = None, sample: Any = None,
+                   registry: Any = None, working_pixel_size_nm: float | None = None) -> Path:
+    """Write (or rewrite, atomically) the manifest ``model.json`` of the model folder ``model_dir``."""
+    from .rundir import write_text
+
+    model_dir = Path(model_dir)
+    write_text(model_dir / MANIFEST_NAME,
+               _manifest_text(model_dir, plugin, params, sample, registry, working_pixel_size_nm))
+    return model_dir
+
+
+def _manifest_text(model_dir: Path, plugin: str, params: Mapping[str, Any] | None, sample: Any, registry: Any,
+                   working_pixel_size_nm: float | None) -> str:
+    """The manifest as JSON text, the parameters validated against the plugin's schema."""
+    from . import __version__
+    from .errors import CheckpointError, InputError
     from .params import ParamsProblem, validate_params
     from .plugins import get_registry
 
     component = (registry or get_registry()).get("segmenter", plugin)
     try:
-        return validate_params(component.params, params, owner=f"segmenter {plugin!r}")
+        resolved = validate_params(component.params, params, owner=f"segmenter {plugin!r}")
     except ParamsProblem as problem:
         raise InputError(f"segmenter {plugin!r}: {problem.key}: {problem.reason}") from None
-
-
-def write_manifest(model_dir: Path, *, plugin: str, params: Mapping[str, Any] | None = None, sample: Any = None,
-                   registry: Any = None, working_pixel_size_nm: float | None = None) -> Path:
-    """Write (or rewrite) the manifest ``model.json`` of the model folder ``model_dir``."""
-    from . import __version__
-    from .errors import CheckpointError
-    from .plugins import get_registry
-
-    component = (registry or get_registry()).get("segmenter", plugin)
-    model_dir = Path(model_dir)
     manifest = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "slot": "segmenter",
-                "plugin": plugin, "params": _resolved(plugin, params, registry),
+                "plugin": plugin, "params": resolved,
                 "sample": sample.as_dict() if hasattr(sample, "as_dict") else sample,
                 "working_pixel_size_nm": None if working_pixel_size_nm is None else float(working_pixel_size_nm),
                 "distribution": component.origin.distribution, "version": component.origin.version,
                 "emcopilot_version": __version__}
     try:
-        text = json.dumps(manifest, indent=2, allow_nan=False)
+        return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{model_dir / MANIFEST_NAME}: the parameters of segmenter {plugin!r} are not "
                               f"JSON-serialisable: {error}") from None
-    (model_dir / MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
-    return model_dir
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
