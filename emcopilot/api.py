@@ -111,12 +111,12 @@ class Result:
             from .pixel_size import reported_pixel_size_nm
             return {m.name: {"shape": m.shape, "pixel_size_nm": reported_pixel_size_nm(m)} for m in self.micrographs}
         return {name: {"shape": tuple(info["shape"]), "pixel_size_nm": info.get("pixel_size_nm")
-                       if (info.get("pixel_size_estimate") or {}).get("credible", True) else None}
+                       if info.get("pixel_size_credible", True) else None}
                 for name, info in (self.run_info.get("images") or {}).items()}
 
     @property
     def errors(self) -> list[tuple[str, str]]:
-        return [(str(e.get("input", e.get("path"))), str(e.get("error"))) for e in self.run_info.get("errors", [])]
+        return [(str(e.get("input")), str(e.get("error"))) for e in self.run_info.get("errors", [])]
 
     @property
     def labels(self) -> "_Labels":
@@ -129,10 +129,9 @@ class Result:
             for micrograph in self.micrographs:
                 if micrograph.name == image:
                     return micrograph.pixel_size_nm
-        for where in ("images", "calibration"):  # extract/segment; run
-            info = (self.run_info.get(where) or {}).get(image)
-            if isinstance(info, Mapping):
-                return info.get("pixel_size_nm")
+        info = (self.run_info.get("images") or {}).get(image)
+        if isinstance(info, Mapping):
+            return info.get("pixel_size_nm")
         rows = self.table[self.table["image"] == image] if "pixel_size_nm" in self.table else []
         return float(rows["pixel_size_nm"].iloc[0]) if len(rows) else None
 
@@ -288,9 +287,10 @@ def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_si
     from .inputs import gather
     from .measure import mask_file_name, write_outputs
     from .morphology import MorphologyPrior
+    from .pixel_size import apply_pixel_size, image_record, resolve_pixel_size
     from .recipe import Recipe, load_recipe
-    from .rundir import (RunDirectory, environment, refuse_run_folder, remove_stale_outputs, write_errors,
-                         write_json, write_text)
+    from .plugins import get_registry
+    from .rundir import RunDirectory, refuse_run_folder, remove_stale_outputs, write_errors, write_run_json, write_text
 
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -319,43 +319,29 @@ def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_si
             except EmcopilotError as error:
                 errors.append((micrograph.name, str(error)))
                 continue
-            size, source = _extracted_pixel_size(micrograph, instances)
+            apply_pixel_size(micrograph, resolve_pixel_size(micrograph, recipe.sample, instances))
             if instances.count == 0:
                 log.warning("%s: the %s extractor found nothing", micrograph.name, recipe.prior_extractor.plugin)
             done.append(micrograph)
             found.append(instances)
-            info[micrograph.name] = {
-                "shape": list(micrograph.shape), "pixel_size_nm": size, "pixel_size_source": source,
-                "objects": instances.count, "seconds": time.perf_counter() - image_started,
-                "extractor_report": {k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))}}
-            if "scale_bar" in micrograph.metadata:
-                info[micrograph.name]["scale_bar"] = micrograph.metadata["scale_bar"]
-        pixel_sizes = [info[m.name]["pixel_size_nm"] for m in done]
-        table = write_outputs(folder, done, found, pixel_sizes)
+            info[micrograph.name] = image_record(
+                micrograph, objects=instances.count, seconds=time.perf_counter() - image_started,
+                extractor_report={k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))})
+        table = write_outputs(folder, done, found)
         if done:
             prior = MorphologyPrior.fit(found, done, sample=recipe.sample)
             write_text(folder / "prior.json", prior.to_json())
-        if errors:
-            write_errors(folder / "errors.csv", errors)
-        elif (folder / "errors.csv").exists():  # an earlier extract's failures are not this one's
-            (folder / "errors.csv").unlink()
+        write_errors(folder / "errors.csv", errors)  # as every command: maybe empty, never an earlier run's
         remove_stale_outputs(folder, [mask_file_name(m.name) for m in done])
         if not done and (folder / "prior.json").exists():
             (folder / "prior.json").unlink()
-        write_json(folder / "run.json", {
-            "command": "extract", "recipe": recipe.as_dict(),
-            "prior_extractor": {"plugin": recipe.prior_extractor.plugin, "params": recipe.prior_extractor.params},
-            "inputs": [item.record() for item in inputs], "images": info,
-            "errors": [{"input": name, "error": message} for name, message in errors],
-            "timings": {"total_s": time.perf_counter() - started}, "environment": environment()})
+        origin = get_registry().get("prior_extractor", recipe.prior_extractor.plugin).origin
+        write_run_json(folder, "extract", recipe=recipe.as_dict(),
+                       plugins={"prior_extractor": {"name": recipe.prior_extractor.plugin,
+                                                    "distribution": origin.distribution, "version": origin.version}},
+                       inputs=[item.record() for item in inputs], images=info, errors=errors,
+                       timings_s={"total": time.perf_counter() - started})
     return Result(folder, table=table, micrographs=[m for m in done])
-
-
-def _extracted_pixel_size(micrograph, instances) -> tuple[float | None, str]:
-    if micrograph.pixel_size_nm is not None:
-        return micrograph.pixel_size_nm, micrograph.metadata.get("pixel_size_source", "file")
-    estimate = instances.metadata.get("pixel_size_nm_estimate")
-    return (float(estimate), "estimated") if estimate is not None else (None, "unknown")
 
 
 def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pixel_size_nm: float | None = None,
@@ -374,7 +360,7 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
     from .inputs import gather
     from .measure import mask_file_name
     from .models import read_manifest
-    from .rundir import RunDirectory, environment, refuse_run_folder, remove_stale_outputs, write_errors, write_json
+    from .rundir import RunDirectory, refuse_run_folder, remove_stale_outputs, write_errors, write_run_json
 
     if workers is not None and workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
@@ -400,22 +386,22 @@ def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pi
         write_errors(folder / "errors.csv", errors)
         seconds = time.perf_counter() - started
         megapixels = sum(image["shape"][0] * image["shape"][1] for image in done) / 1e6
-        write_json(folder / "run.json", {
-            "command": "segment", "model": str(model),
-            "model_config": json.loads((Path(model) / "config.json").read_text(encoding="utf-8")),
-            "model_manifest": {k: v for k, v in read_manifest(Path(model)).items() if k != "path"},
-            "param_overrides": overrides,
-            "execution": {"workers": workers, "scheduler": scheduler},
-            "inputs": [item.record() for item in inputs],
-            "calibration": calibration.as_dict() if calibration is not None else None,
-            "images": {image["name"]: {k: image[k] for k in ("shape", "pixel_size_nm", "pixel_size_source",
-                                                              "pixel_size_estimate", "objects", "seconds")
-                                       if k in image}
-                       for image in done},
-            "errors": [{"input": name, "error": message} for name, message in errors],
-            "timings": {"total_s": seconds, "images_per_s": len(done) / seconds if seconds else None,
+        manifest = {k: v for k, v in read_manifest(Path(model)).items() if k != "path"}
+        recipe_file = Path(model) / "recipe.json"
+        write_run_json(
+            folder, "segment",
+            recipe=json.loads(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else None,
+            plugins={"segmenter": {"name": manifest.get("plugin"), "distribution": manifest.get("distribution"),
+                                   "version": manifest.get("version")}},
+            inputs=[item.record() for item in inputs],
+            images={image["name"]: {k: v for k, v in image.items() if k not in ("name", "part")} for image in done},
+            errors=errors, timings_s={"total": seconds},
+            throughput={"images_per_s": len(done) / seconds if seconds else None,
                         "megapixels_per_s": megapixels / seconds if seconds else None},
-            "environment": environment()})
+            model=str(model), model_manifest=manifest,
+            model_config=json.loads((Path(model) / "config.json").read_text(encoding="utf-8")),
+            param_overrides=overrides, execution={"workers": workers, "scheduler": scheduler},
+            calibration_table=calibration.as_dict() if calibration is not None else None)
     return Result(folder, table=table)
 
 

@@ -39,7 +39,7 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
     never raises for a bad input (the error is returned)."""
     from .inputs import Input
     from .measure import mask_file_name, particle_table
-    from .pixel_size import reported_pixel_size_nm
+    from .pixel_size import image_record, reported_pixel_size_nm
     from .rundir import atomic_path, write_label_tiff
     import numpy as np
 
@@ -69,37 +69,28 @@ def segment_file(source: "str | Input", model_dir: str, out: str, pixel_size_nm:
         except Exception as error:
             summary["errors"].append((f"{path} ({micrograph.name})", _describe(error)))
             continue
-        summary["images"].append({"name": micrograph.name, "part": str(part), "shape": list(micrograph.shape),
-                                  "pixel_size_nm": micrograph.pixel_size_nm,
-                                  "pixel_size_source": micrograph.metadata.get("pixel_size_source"),
-                                  **({"pixel_size_estimate": micrograph.metadata["pixel_size_estimate"]}
-                                     if "pixel_size_estimate" in micrograph.metadata else {}),
-                                  **({"scale_bar": micrograph.metadata["scale_bar"]}
-                                     if "scale_bar" in micrograph.metadata else {}),
-                                  "objects": int(len(table)),
-                                  "seconds": time.perf_counter() - started})
+        summary["images"].append({"name": micrograph.name, "part": str(part),
+                                  **image_record(micrograph, objects=int(len(table)),
+                                                 seconds=time.perf_counter() - started)})
     return summary
 
 
 def estimate_missing_scale(micrograph: Any, sample: Any) -> None:
-    """Give an uncalibrated micrograph the pixel size ``run`` would estimate for it.
-
-    The rule of the loop: the micrograph's typical object against the expected size of the
-    model's ``sample`` (:func:`emcopilot.pixel_size.estimate_pixel_size`); its
-    ``pixel_size_source`` becomes ``estimated``, ``pixel_size_estimate`` holds the estimate with its
-    uncertainty and, where it is not credible, ``pixel_size_credible`` is false (sizes stay in
-    pixels). Nothing changes for a calibrated micrograph or a model without a sample.
-    """
+    """Give an uncalibrated micrograph the pixel size ``run`` would: the one rule of
+    :func:`emcopilot.pixel_size.resolve_pixel_size`, applied in place (``pixel_size_source``
+    ``estimated``, ``pixel_size_estimate`` with its uncertainty, ``pixel_size_credible`` false where
+    it is not credible). Nothing changes for a calibrated micrograph or a model without a sample;
+    raises :class:`~emcopilot.errors.InputError` when nothing in the image gives a scale."""
     if micrograph.pixel_size_nm is not None or sample is None or not getattr(sample, "diameter_nm", None):
         return
-    from .pixel_size import estimate_pixel_size
+    from .errors import InputError
+    from .pixel_size import apply_pixel_size, resolve_pixel_size
 
-    estimate = estimate_pixel_size(micrograph, sample)
-    micrograph.pixel_size_nm = estimate.pixel_size_nm
-    micrograph.metadata["pixel_size_source"] = "estimated"
-    micrograph.metadata["pixel_size_estimate"] = estimate.as_dict()
-    if not estimate.credible:
-        micrograph.metadata["pixel_size_credible"] = False
+    record = resolve_pixel_size(micrograph, sample)
+    if record["pixel_size_nm"] is None:
+        raise InputError(f"{micrograph.name}: {record['reason']}; give its pixel size with --pixel-size-nm or "
+                         f"--calibration table.csv")
+    apply_pixel_size(micrograph, record)
 
 
 def _describe(error: Exception) -> str:

@@ -29,23 +29,18 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, stages
 from .errors import EmcopilotError, InputError, ReadError
-from .interfaces import Instances, Micrograph, TrainBudget
+from .interfaces import Micrograph, TrainBudget
 from .inputs import gather
 from .plugins import get_registry
 from .recipe import PROFILE_SCHEMA, Recipe
-from .rundir import RunDirectory, digest, environment, write_errors, write_json
-from .stages import RunResult
+from .rundir import RunDirectory, digest, write_errors, write_run_json
+from .stages import STAGE_SLOTS, STAGES, RunResult
 
 if TYPE_CHECKING:
     from .calibration import CalibrationTable
 
 log = logging.getLogger(__name__)
 
-STAGES = ["extract", "prior", "adapter", "generator", "synthesize", "segmenter", "segment", "metrics"]
-#: which recipe slots each stage calls (named in error messages)
-STAGE_SLOTS = {"extract": ("prior_extractor",), "adapter": ("physics_adapter",), "generator": ("generator",),
-               "synthesize": ("generator", "physics_adapter"), "segmenter": ("segmenter",),
-               "segment": ("segmenter",), "metrics": ("generator", "physics_adapter", "segmenter")}
 
 
 class Loop:
@@ -224,23 +219,13 @@ class Loop:
 
     def write_run_json(self, run: RunDirectory, result: RunResult, records: list[dict[str, Any]],
                        errors: list[tuple[str, str]]) -> dict[str, Any]:
-        info = {
-            "emcopilot": __version__,
-            "command": "run",
-            "recipe": self.recipe.as_dict(),
-            "profile": {"name": self.profile_name, **self.profile},
-            "plugins": self.plugin_versions(),
-            "environment": environment(),
-            "seeds": {"train": self.seed},
-            "inputs": records,
-            "priors": self.priors_record,
-            "calibration": self.calibration,
-            "errors": [{"path": path, "error": message} for path, message in errors],
-            "stage_keys": self.keys,
-            "stages_reused": self.reused,
-            "timings_s": self.timings,
-            "statistics": result.statistics.get("pooled", {}),
-            "metrics": result.run_info.get("metrics", {}),  # the label-free scores of the last round
-        }
-        write_json(run.root / "run.json", info)
-        return info
+        from .pixel_size import image_record
+        images = {m.name: image_record(m, objects=instances.count)
+                  for m, instances in zip(result.micrographs, result.instances)}
+        return write_run_json(
+            run.root, "run", recipe=self.recipe.as_dict(), plugins=self.plugin_versions(), inputs=records,
+            images=images, errors=errors, timings_s=self.timings, seeds={"train": self.seed},
+            profile={"name": self.profile_name, **self.profile}, priors=self.priors_record,
+            stage_keys=self.keys, stages_reused=self.reused,
+            statistics=result.statistics.get("pooled", {}),
+            metrics=result.run_info.get("metrics", {}))  # the label-free scores of the last round

@@ -29,6 +29,7 @@ from .blob_scale import dominant_diameter_px, normalise_image  # noqa: F401 - pa
 from .errors import InputError
 from .interfaces import Instances, Micrograph
 from .pixel_size import estimate_pixel_size, estimate_pixel_size_nm, expected_diameter_nm  # noqa: F401 - ditto
+from .pixel_size import resolve_pixel_size
 
 if TYPE_CHECKING:
     from .layout import Layout, LayoutSpec
@@ -46,15 +47,12 @@ PRIOR_FORMAT = "emcopilot.morphology_prior/1"
 # --------------------------------------------------------------------------- the prior
 
 def _pixel_size_of(micrograph: Micrograph, instances: Instances, sample: "Sample | None") -> float:
-    if micrograph.pixel_size_nm is not None:
-        return float(micrograph.pixel_size_nm)
-    estimate = instances.metadata.get("pixel_size_nm_estimate")
-    if estimate is not None:
-        return float(estimate)
-    if sample is None:
-        raise InputError(f"{micrograph.name}: no pixel size (file, --pixel-size-nm or an estimate in the "
-                         "instances' metadata) and no recipe sample to estimate one")
-    return estimate_pixel_size_nm(micrograph, sample)
+    """The micrograph's pixel size by the one rule every command uses (:func:`resolve_pixel_size`)."""
+    record = resolve_pixel_size(micrograph, sample, instances)
+    if record["pixel_size_nm"] is None:
+        raise InputError(f"{micrograph.name}: no pixel size (file, --pixel-size-nm, a calibration table or an "
+                         f"estimate): {record['reason']}")
+    return float(record["pixel_size_nm"])
 
 
 def normalised_outline(mask: np.ndarray, points: int = OUTLINE_POINTS) -> np.ndarray | None:

@@ -181,3 +181,63 @@ def estimate_pixel_size_nm(micrograph: Micrograph, sample: "Sample | None", brig
                            diameter_nm: Sequence[float] | None = None) -> float:
     """:func:`estimate_pixel_size`, the value only."""
     return estimate_pixel_size(micrograph, sample, bright, diameter_nm).pixel_size_nm
+
+
+#: Where a pixel size came from, as ``run.json``, the particle table and the report name it.
+PIXEL_SIZE_SOURCES = ("file", "--pixel-size-nm", "calibration table", "scale bar", "estimated", "unknown")
+
+
+def resolve_pixel_size(micrograph: Micrograph, sample: "Sample | None", instances: Any = None) -> dict[str, Any]:
+    """The pixel size every command uses for ``micrograph``, and where it came from: one rule.
+
+    In order: the micrograph's own (its file's calibration, ``--pixel-size-nm``, a calibration
+    table or a scale bar read from its pixels, as ``metadata["pixel_size_source"]`` says); the
+    prior extractor's estimate, where ``instances`` (its output) carries one; the estimate from
+    the image for the recipe's ``sample`` (:func:`estimate_pixel_size`); else none (``unknown``,
+    with the reason). Returns the scale record: ``pixel_size_nm``, ``source`` and, for an
+    estimate, its uncertainty, ``credible`` and ``reason`` (:meth:`PixelSizeEstimate.as_dict`).
+    """
+    if micrograph.pixel_size_nm is not None:
+        return {"pixel_size_nm": float(micrograph.pixel_size_nm),
+                "source": micrograph.metadata.get("pixel_size_source", "file")}
+    metadata = getattr(instances, "metadata", None) or {}
+    if metadata.get("pixel_size_estimate") is not None:  # the extractor's, with its uncertainty
+        return dict(metadata["pixel_size_estimate"])
+    if metadata.get("pixel_size_nm_estimate") is not None:  # an extractor that gives the value only
+        return {"pixel_size_nm": float(metadata["pixel_size_nm_estimate"]), "source": "estimated"}
+    if sample is None or not getattr(sample, "diameter_nm", None):
+        return {"pixel_size_nm": None, "source": "unknown", "reason": "no calibration and no expected object size"}
+    try:
+        return estimate_pixel_size(micrograph, sample).as_dict()
+    except InputError as error:
+        return {"pixel_size_nm": None, "source": "unknown", "reason": str(error)}
+
+
+def apply_pixel_size(micrograph: Micrograph, record: dict[str, Any]) -> Micrograph:
+    """Give ``micrograph`` the pixel size of a :func:`resolve_pixel_size` record, in place: its
+    ``pixel_size_nm``, ``metadata["pixel_size_source"]`` and, for an estimate,
+    ``metadata["pixel_size_estimate"]`` and ``["pixel_size_credible"]`` (false: sizes stay in
+    pixels, :func:`reported_pixel_size_nm`)."""
+    micrograph.pixel_size_nm = record.get("pixel_size_nm")
+    micrograph.metadata["pixel_size_source"] = record.get("source", "file")
+    if record.get("source") == "estimated":
+        micrograph.metadata["pixel_size_estimate"] = dict(record)
+    if record.get("credible") is False:
+        micrograph.metadata["pixel_size_credible"] = False
+    return micrograph
+
+
+def image_record(micrograph: Micrograph, **measured: Any) -> dict[str, Any]:
+    """One micrograph's entry in ``run.json["images"]``, the same for every command: ``shape``,
+    ``pixel_size_nm``, ``pixel_size_source``, ``pixel_size_credible`` (false: its sizes are in
+    pixels), ``pixel_size_estimate`` (an estimate's record, with its uncertainty and reason) and
+    ``scale_bar`` where they apply, then ``measured`` (e.g. ``objects``, ``seconds``)."""
+    record: dict[str, Any] = {"shape": list(micrograph.shape), "pixel_size_nm": micrograph.pixel_size_nm,
+                              "pixel_size_source": micrograph.metadata.get(
+                                  "pixel_size_source", "file" if micrograph.pixel_size_nm is not None else "unknown"),
+                              "pixel_size_credible": reported_pixel_size_nm(micrograph) is not None}
+    for key in ("pixel_size_estimate", "scale_bar"):
+        if key in micrograph.metadata:
+            record[key] = micrograph.metadata[key]
+    record.update(measured)
+    return record

@@ -281,13 +281,13 @@ RANGE_EDGE_FACTOR = 1.2
 
 
 def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
-                 calibration: Mapping[str, Mapping[str, Any]], diameter_nm: Sequence[float],
+                 images: Mapping[str, Mapping[str, Any]], diameter_nm: Sequence[float],
                  planned_steps: Mapping[str, int], kind: str = "particles") -> list[str]:
     """What a reader of the report must know before quoting its numbers, each with its fix.
 
     Training cut short by ``max_minutes`` (steps done of planned), images where nothing was found,
-    images whose scale was estimated, and a size distribution at an edge of the recipe's range
-    (not for single atoms, whose "size" is the disk drawn for each).
+    images whose scale was estimated (``images``: ``run.json["images"]``), and a size distribution
+    at an edge of the recipe's range (not for single atoms, whose "size" is the disk drawn for each).
     """
     warnings = []
     for stage, history in list(histories.items()):
@@ -307,7 +307,8 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
         warnings.append(f"No objects were found in {len(empty)} image(s): {', '.join(empty[:10])}"
                         f"{' ...' if len(empty) > 10 else ''}. Check that they show the recipe's material "
                         f"system and scale, or that their pixel size is right.")
-    estimated = {name: entry for name, entry in calibration.items() if entry.get("source") == "estimated"}
+    estimated = {name: entry.get("pixel_size_estimate") or {} for name, entry in images.items()
+                 if entry.get("pixel_size_source") == "estimated"}
     if estimated:
         spreads = [entry["relative_uncertainty"] for entry in estimated.values() if "relative_uncertainty" in entry]
         low, high = (round(100 * min(spreads)), round(100 * max(spreads))) if spreads else (0, 0)
@@ -332,27 +333,28 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
 
 
 def _scale_text(entry: Mapping[str, Any] | None) -> str:
-    """``, 0.25 nm/px (estimated, +/- 75 %)`` for one image's calibration entry."""
+    """``, 0.25 nm/px (estimated, +/- 75 %)`` for one image's ``run.json["images"]`` entry."""
     if not entry or not entry.get("pixel_size_nm"):
         return ""
-    source = entry.get("source", "file")
-    if "relative_uncertainty" in entry:
-        source += f", +/- {100 * entry['relative_uncertainty']:.0f} %"
-    if entry.get("credible") is False:
+    source = entry.get("pixel_size_source", "file")
+    estimate = entry.get("pixel_size_estimate") or {}
+    if "relative_uncertainty" in estimate:
+        source += f", +/- {100 * estimate['relative_uncertainty']:.0f} %"
+    if entry.get("pixel_size_credible") is False:
         source += ", not credible: sizes in px"
     return f", {entry['pixel_size_nm']:.4g} nm/px ({source})"
 
 
 def _overlay_link(folder: Path, micrograph: Micrograph, instances: Instances, table,
-                  calibration: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+                  images: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
     """The HTML of a thumbnail linking to ``overlays/<image>.png``, both with a scale bar at the image's scale, and the overlay's relative path."""
     from .measure import mask_file_name
     from .rundir import atomic_path
-    entry = calibration.get(micrograph.name) or {}
+    entry = images.get(micrograph.name) or {}
     nm_per_px = entry.get("pixel_size_nm", micrograph.pixel_size_nm)
-    if entry.get("credible") is False:
+    if entry.get("pixel_size_credible") is False:
         nm_per_px = None  # its table is in pixels: so is its bar
-    estimated = entry.get("source") == "estimated"
+    estimated = entry.get("pixel_size_source") == "estimated"
     rows = None
     if table is not None and len(table) and {"image", "x", "y", "id"} <= set(table.columns):
         mine = table[table["image"] == micrograph.name]
@@ -396,8 +398,8 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
         if histogram:
             sections.append(_img(histogram, "size histogram with lognormal fit"))
     chosen = list(range(len(micrographs)))[:: max(1, int(np.ceil(len(micrographs) / MAX_OVERLAYS)))]
-    calibration = run_info.get("calibration") or {}
-    links = [_overlay_link(Path(path).parent, micrographs[i], instances[i], table, calibration) for i in chosen]
+    images = run_info.get("images") or {}
+    links = [_overlay_link(Path(path).parent, micrographs[i], instances[i], table, images) for i in chosen]
     overlays = "".join(link for link, _ in links)
     written = {name for _, name in links}
     for stale in (Path(path).parent / "overlays").glob("*.png"):  # an earlier run's images in the same folder
@@ -419,7 +421,7 @@ def write_report(path: Path, *, title: str, micrographs: Sequence[Micrograph], i
                         "against the prior extractor on the real images (agreement, not accuracy), and the "
                         "synthetic images against the real ones.</p>" + _table(metric_rows(metrics)))
     per_image = {name: f"{s.get('count', 0)} objects, mean {s.get('mean', float('nan')):.4g} {s.get('unit', unit)}"
-                       f"{_scale_text(calibration.get(name))}"
+                       f"{_scale_text(images.get(name))}"
                  for name, s in statistics.get("per_image", {}).items()}
     sections.append("<h2>Per image</h2>" + _table(per_image))
     sections.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(run_info, indent=1, default=str)[:20000]) + "</pre>")

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -267,6 +267,43 @@ class RunDirectory:
             marker = self.stage_dir(stage) / "key.json"
             if marker.exists():
                 marker.unlink()
+
+
+#: ``run.json["schema"]``: every command writes the same top-level fields (:func:`write_run_json`).
+RUN_JSON_SCHEMA = "emcopilot.run/1"
+#: ... the fields every command writes, in this order, before its own (docs/run-folder.md).
+RUN_JSON_FIELDS = ("schema", "emcopilot", "command", "recipe", "plugins", "inputs", "images", "errors", "seeds",
+                   "timings_s", "environment")
+COMMANDS = ("run", "extract", "segment")
+
+
+def write_run_json(folder: Path, command: str, *, recipe: Mapping[str, Any] | None,
+                   plugins: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]],
+                   images: Mapping[str, Mapping[str, Any]], errors: Sequence[tuple[str, str]],
+                   timings_s: Mapping[str, float], seeds: Mapping[str, int] | None = None,
+                   **sections: Any) -> dict[str, Any]:
+    """Write ``folder/run.json`` in the one schema of every command, and return it.
+
+    The fields every command writes: ``schema``, ``emcopilot`` (version), ``command``, ``recipe``
+    (the resolved recipe; for ``segment`` the one the model was trained with, if it recorded it),
+    ``plugins`` (slot -> name, distribution, version of what ran), ``inputs`` (one record per input,
+    with its SHA-256), ``images`` (one entry per micrograph measured:
+    :func:`emcopilot.pixel_size.image_record`), ``errors`` (``input``, ``error``: the rows of
+    ``errors.csv``), ``seeds``, ``timings_s`` (``total`` and the parts) and ``environment``. What
+    only one command has follows in ``sections`` (documented in the README).
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    from . import __version__
+    info = {"schema": RUN_JSON_SCHEMA, "emcopilot": __version__, "command": command,
+            "recipe": dict(recipe) if recipe is not None else None, "plugins": dict(plugins),
+            "inputs": list(inputs), "images": dict(images),
+            "errors": [{"input": name, "error": message} for name, message in errors],
+            "seeds": dict(seeds or {}), "timings_s": dict(timings_s), "environment": environment(),
+            **sections}
+    assert tuple(info)[:len(RUN_JSON_FIELDS)] == RUN_JSON_FIELDS, "a command section shadows a common field"
+    write_json(Path(folder) / "run.json", info)
+    return info
 
 
 def environment() -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -106,45 +106,41 @@ class LoopState:
     # ------------------------------------------------------------ round
 
     def run_round(self, round_index: int, base: dict[str, Any]) -> None:
-        """Run one round; each stage's key holds exactly what its outputs depend on."""
-        loop, recipe, profile = self.loop, self.loop.recipe.as_dict(), self.loop.profile
-        plugins = base["plugins"]
-        key = lambda name: loop.keys[f"{name}@{round_index}"]  # noqa: E731
-        training = ("batch_size", "crop_px", "max_minutes")
-        budget = lambda steps: {k: profile[k] for k in (steps, *training)}  # noqa: E731
-        slot = lambda name: {"choice": recipe[name], "plugin": plugins[name]}  # noqa: E731
-        if round_index == 1:
-            depends = {"inputs": base["inputs"], "sample": recipe["sample"],
-                       "pixel_size_override": base["pixel_size_override"], "prior_extractor": slot("prior_extractor")}
-            if "corrections" in base:
-                depends["corrections"] = base["corrections"]
-            loop.stage(self.run, "extract", 1, depends, self.extract)
-        else:
-            loop.stage(self.run, "extract", round_index, {"segment": loop.keys[f"segment@{round_index - 1}"]},
-                       self.priors_from_predictions(round_index))
-        self.load_priors(round_index)
-        loop.stage(self.run, "prior", round_index, {"extract": key("extract")}, self.fit_prior(round_index))
-        loop.stage(self.run, "adapter", round_index, {"extract": key("extract"), "adapter": slot("physics_adapter")},
-                   self.fit_adapter(round_index))
-        loop.stage(self.run, "generator", round_index,
-                   {"extract": key("extract"), "generator": slot("generator"), "budget": budget("generator_steps"),
-                    "seed": loop.seed}, self.fit_generator(round_index))
-        loop.stage(self.run, "synthesize", round_index,
-                   {"prior": key("prior"), "adapter": key("adapter"), "generator": key("generator"),
-                    "count": profile["synthetic_images"], "image_px": profile["image_px"], "seed": loop.seed},
-                   self.synthesize(round_index))
+        """Run one round: every stage of :data:`PIPELINE` in order, each keyed by exactly what its
+        outputs depend on (the keys of the stages it needs and its own settings)."""
+        for stage in PIPELINE:
+            needs = {need: self.loop.keys[f"{need}@{round_index}"] for need in stage.needs}
+            depends = {**needs, **stage.settings(self, round_index, base)}
+            self.loop.stage(self.run, stage.name, round_index, depends, stage.compute(self, round_index))
+            if stage.load is not None:
+                stage.load(self, round_index)
+
+    # what each stage's outputs depend on besides the stages it needs (see PIPELINE)
+
+    def _slot(self, slot: str, base: dict[str, Any]) -> dict[str, Any]:
+        return {"choice": self.loop.recipe.as_dict()[slot], "plugin": base["plugins"][slot]}
+
+    def _budget(self, steps: str) -> dict[str, Any]:
+        return {k: self.loop.profile[k] for k in (steps, "batch_size", "crop_px", "max_minutes")}
+
+    def _extract_settings(self, round_index: int, base: dict[str, Any]) -> dict[str, Any]:
+        if round_index > 1:  # the previous round's confident predictions are this round's priors
+            return {"segment": self.loop.keys[f"segment@{round_index - 1}"]}
+        depends = {"inputs": base["inputs"], "sample": self.loop.recipe.as_dict()["sample"],
+                   "pixel_size_override": base["pixel_size_override"],
+                   "prior_extractor": self._slot("prior_extractor", base)}
+        if "corrections" in base:
+            depends["corrections"] = base["corrections"]
+        return depends
+
+    def _extract_compute(self, round_index: int):
+        return self.extract if round_index == 1 else self.priors_from_predictions(round_index)
+
+    def _segmenter_settings(self, round_index: int, base: dict[str, Any]) -> dict[str, Any]:
         # settings the segmenter reads only when it predicts re-segment with the trained model kept
-        learning, predicting = self.segmenter_settings()
-        loop.stage(self.run, "segmenter", round_index,
-                   {"synthesize": key("synthesize"), "segmenter": {**slot("segmenter"), "choice": learning},
-                    "budget": budget("segmenter_steps"), "seed": loop.seed}, self.fit_segmenter(round_index))
-        loop.stage(self.run, "segment", round_index, {"segmenter": key("segmenter"), "predicting": predicting},
-                   self.segment(round_index))
-        self.load_predictions(round_index)
-        loop.stage(self.run, "metrics", round_index,
-                   {"segment": key("segment"), "metrics": recipe["metrics"], "seed": loop.seed},
-                   self.score(round_index))
-        self.load_metrics(round_index)
+        learning, _ = self.segmenter_settings()
+        return {"segmenter": {**self._slot("segmenter", base), "choice": learning},
+                "budget": self._budget("segmenter_steps"), "seed": self.loop.seed}
 
     def stage_dir(self, name: str, round_index: int) -> Path:
         return self.run.stage_dir(f"{name}@{round_index}")
@@ -172,16 +168,8 @@ class LoopState:
         return entry
 
     def _pixel_size_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
-        if micrograph.pixel_size_nm is not None:
-            return {"pixel_size_nm": micrograph.pixel_size_nm,
-                    "source": micrograph.metadata.get("pixel_size_source", "file")}
-        estimate = instances.metadata.get("pixel_size_estimate")  # the extractor has said so in the log
-        if estimate is not None:
-            return dict(estimate)
-        if instances.metadata.get("pixel_size_nm_estimate") is not None:  # an extractor that gives the value only
-            return {"pixel_size_nm": float(instances.metadata["pixel_size_nm_estimate"]), "source": "estimated"}
-        from .pixel_size import estimate_pixel_size
-        return estimate_pixel_size(micrograph, self.sample).as_dict()
+        from .pixel_size import resolve_pixel_size
+        return resolve_pixel_size(micrograph, self.sample, instances)
 
     def priors_from_predictions(self, round_index: int):
         def compute(directory: Path) -> None:
@@ -206,12 +194,9 @@ class LoopState:
         directory = self.stage_dir("extract", round_index)
         calibration = read_json(directory / "calibration.json")
         self.loop.calibration = calibration
-        for micrograph in self.micrographs:
-            entry = calibration[micrograph.name]
-            micrograph.pixel_size_nm = entry["pixel_size_nm"]
-            micrograph.metadata["pixel_size_source"] = entry["source"]
-            if entry.get("credible") is False:  # a working scale only: no size of it is reported in nm
-                micrograph.metadata["pixel_size_credible"] = False
+        from .pixel_size import apply_pixel_size
+        for micrograph in self.micrographs:  # an estimate not credible is a working scale only: sizes in px
+            apply_pixel_size(micrograph, calibration[micrograph.name])
         self._working = None
         self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
 
@@ -444,7 +429,7 @@ class LoopState:
                      for stage in ("generator", "segmenter")}
         from .report import run_warnings
         warnings = run_warnings(histories=histories, statistics=result.statistics,
-                                calibration=self.loop.calibration, diameter_nm=self.sample.diameter_nm,
+                                images=result.run_info.get("images") or {}, diameter_nm=self.sample.diameter_nm,
                                 planned_steps={stage: int(self.loop.profile[f"{stage}_steps"])
                                                for stage in histories}, kind=self.sample.kind)
         write_report(self.run.root / "report.html", title=title, micrographs=self.micrographs,
@@ -466,3 +451,49 @@ def _copy_tree(source: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the loop, declared: the runner (:meth:`LoopState.run_round`) derives its key,
+    its place in the order, what ``--force`` redoes and what its error message names from this.
+
+    ``needs``: the stages of the same round whose outputs it reads (their keys enter its key);
+    ``slots``: the recipe slots whose plugins it calls; ``settings(state, round, base)``: everything
+    else its outputs depend on; ``compute(state, round)``: the function that fills its folder;
+    ``load(state, round)``: reads its outputs into the state for the stages after it.
+    """
+    name: str
+    needs: tuple[str, ...]
+    slots: tuple[str, ...]
+    settings: Callable[[LoopState, int, dict[str, Any]], dict[str, Any]]
+    compute: Callable[[LoopState, int], Callable[[Path], None]]
+    load: Callable[[LoopState, int], None] | None = None
+
+
+#: The stages of one round, in order.
+PIPELINE: tuple[Stage, ...] = (
+    Stage("extract", (), ("prior_extractor",), LoopState._extract_settings, LoopState._extract_compute,
+          LoopState.load_priors),
+    Stage("prior", ("extract",), (), lambda state, r, base: {}, LoopState.fit_prior),
+    Stage("adapter", ("extract",), ("physics_adapter",),
+          lambda state, r, base: {"adapter": state._slot("physics_adapter", base)}, LoopState.fit_adapter),
+    Stage("generator", ("extract",), ("generator",),
+          lambda state, r, base: {"generator": state._slot("generator", base),
+                                  "budget": state._budget("generator_steps"), "seed": state.loop.seed},
+          LoopState.fit_generator),
+    Stage("synthesize", ("prior", "adapter", "generator"), ("generator", "physics_adapter"),
+          lambda state, r, base: {"count": state.loop.profile["synthetic_images"],
+                                  "image_px": state.loop.profile["image_px"], "seed": state.loop.seed},
+          LoopState.synthesize),
+    Stage("segmenter", ("synthesize",), ("segmenter",), LoopState._segmenter_settings, LoopState.fit_segmenter),
+    Stage("segment", ("segmenter",), ("segmenter",),
+          lambda state, r, base: {"predicting": state.segmenter_settings()[1]}, LoopState.segment,
+          LoopState.load_predictions),
+    Stage("metrics", ("segment",), ("generator", "physics_adapter", "segmenter"),
+          lambda state, r, base: {"metrics": state.loop.recipe.as_dict()["metrics"], "seed": state.loop.seed},
+          LoopState.score, LoopState.load_metrics),
+)
+#: Stage names in order (``--force`` takes one) and the slots each calls (named in error messages).
+STAGES = [stage.name for stage in PIPELINE]
+STAGE_SLOTS = {stage.name: stage.slots for stage in PIPELINE}

@@ -28,6 +28,31 @@ settings.register_profile("repeatable", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
+
+
+try:  # torch's own thread count, before any test changes it
+    import torch as _torch
+    _TORCH_THREADS = _torch.get_num_threads()
+except ImportError:  # the tests that need torch skip
+    _torch = None
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Tests that set torch's thread count (to keep a small fit fast) leave it as they found it: the
+    count changes float sums, so a later test comparing two runs must not inherit another's (nor the
+    ``OMP_NUM_THREADS`` a Dask worker set-up leaves in the environment of the processes it starts)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    yield
+    if _torch is not None and _torch.get_num_threads() != _TORCH_THREADS:
+        _torch.set_num_threads(_TORCH_THREADS)
+    if os.environ.get("OMP_NUM_THREADS") != omp:
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMCOPILOT_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: a SAM small enough to run in a test (exercises the code path, not quality)

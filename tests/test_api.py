@@ -56,6 +56,37 @@ def test_run_returns_the_table_the_cli_writes(experiment, tmp_path):
     assert "micrograph(s)" in repr(again) and str(tmp_path / "api") in repr(again)
 
 
+def test_run_extract_and_segment_write_one_run_json_schema_and_one_errors_csv(experiment, tmp_path):
+    from pathlib import Path
+
+    from emcopilot.rundir import RUN_JSON_FIELDS, RUN_JSON_SCHEMA
+
+    recipe, paths = experiment
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    inputs = [*paths, broken]
+    ran = emcopilot.run(recipe, inputs, out=tmp_path / "run", progress=False)
+    extracted = emcopilot.extract(recipe, inputs, out=tmp_path / "extract", progress=False)
+    segmented = emcopilot.segment(tmp_path / "run" / "model", inputs, out=tmp_path / "segment", progress=False)
+    documented = (Path(__file__).parents[1] / "docs" / "run-folder.md").read_text(encoding="utf-8")
+    for result in (ran, extracted, segmented):
+        info = json.loads((result.out / "run.json").read_text())
+        assert tuple(info)[:len(RUN_JSON_FIELDS)] == RUN_JSON_FIELDS and info["schema"] == RUN_JSON_SCHEMA
+        assert info["recipe"]["name"] == load_recipe(recipe).name, info["command"]
+        assert sorted(info["images"]) == ["demo_00.tif", "demo_01.tif"]
+        for entry in info["images"].values():
+            assert {"shape", "objects", "pixel_size_nm", "pixel_size_source", "pixel_size_credible"} <= set(entry)
+            assert entry["pixel_size_source"] == "file" and entry["pixel_size_credible"] is True
+        counts = result.table.groupby("image").size().to_dict()
+        assert {name: entry["objects"] for name, entry in info["images"].items() if entry["objects"]} == counts
+        assert [e["input"] for e in info["errors"]] == [str(broken)]
+        errors = pd.read_csv(result.out / "errors.csv")
+        assert list(errors.columns) == ["path", "error"] and list(errors["path"]) == [str(broken)]
+        assert info["timings_s"]["total"] > 0
+        for field in [*RUN_JSON_FIELDS, *(k for k in info if k not in RUN_JSON_FIELDS)]:
+            assert f"`{field}`" in documented, field
+
+
 def test_arrays_in_a_mapping_are_named_by_their_keys_and_hashed(experiment, tmp_path):
     import tifffile
     recipe, paths = experiment

@@ -52,6 +52,16 @@ def run(recipe: Path, inputs: Path, out: Path, *extra: str) -> int:
     return main(["run", str(recipe), "--input", str(inputs), "--out", str(out), "--no-progress", *extra])
 
 
+def fresh_run(recipe: Path, inputs: Path, out: Path, *extra: str, wait: bool = True):
+    """``emcopilot run`` in a new process with one thread, as every run of a comparison must be: the
+    thread count and whatever earlier tests left in this process change the float sums of training."""
+    command = [sys.executable, "-m", "emcopilot", "run", str(recipe), "--input", str(inputs), "--out", str(out),
+               "--no-progress", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return process.wait() if wait else process
+
+
 def run_info(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
 
@@ -67,7 +77,10 @@ def test_run_writes_every_output_and_resumes(experiment, tmp_path):
     assert info["stages_reused"] == []
     assert {entry["sha256"] for entry in info["inputs"]} and info["seeds"] == {"train": 0}
     assert info["plugins"]["generator"] == {"name": "pix2pix", "distribution": "emcopilot", "version": "0.1.0"}
-    assert info["calibration"]["demo_00.tif"]["source"] == "file"
+    assert info["schema"] == "emcopilot.run/1" and info["command"] == "run"
+    assert info["images"]["demo_00.tif"]["pixel_size_source"] == "file"
+    assert info["images"]["demo_00.tif"]["objects"] == int((pd.read_csv(out / "particles.csv")["image"]
+                                                            == "demo_00.tif").sum())
     # label-free scores: the recipe's detection and size-distribution where instances are compared
     metrics = info["metrics"]
     assert metrics["held_out_synthetic"]["images"] == 4 and "f1" in metrics["held_out_synthetic"]["detection"]
@@ -185,7 +198,7 @@ def slow_reference(experiment, tmp_path_factory):
     slow = folder / "slow.yaml"
     slow.write_text(recipe.read_text().replace("generator_steps: 4", "generator_steps: 60")
                     .replace("segmenter_steps: 6", "segmenter_steps: 80"))
-    assert run(slow, inputs, folder / "reference") == 0
+    assert fresh_run(slow, inputs, folder / "reference") == 0
     return slow, folder / "reference"
 
 
@@ -195,9 +208,7 @@ def test_kill_during_training_then_resume_gives_identical_results(experiment, sl
     slow, reference = slow_reference
     completed, expect_reused = KILL_POINTS[kill_point]
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "emcopilot", "run", str(slow), "--input", str(inputs), "--out", str(out),
-               "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = fresh_run(slow, inputs, out, wait=False)
     deadline = time.time() + 300
     while not (out / "stages" / completed / "key.json").exists():  # the next stage is training now
         assert process.poll() is None and time.time() < deadline
@@ -207,7 +218,7 @@ def test_kill_during_training_then_resume_gives_identical_results(experiment, sl
     assert not (out / "particles.csv").exists()
     for path in out.rglob("*.json"):  # no half-written outputs (temporary *.part files may remain)
         json.loads(path.read_text())
-    assert run(slow, inputs, out) == 0
+    assert fresh_run(slow, inputs, out) == 0
     assert set(run_info(out)["stages_reused"]) == expect_reused  # killed stage was redone, not trusted
     assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
 
@@ -220,9 +231,7 @@ def test_kill_during_a_forced_retraining_then_resume_pairs_the_table_with_the_mo
     slow, reference = slow_reference
     out = tmp_path / "forced"
     shutil.copytree(reference, out)
-    command = [sys.executable, "-m", "emcopilot", "run", str(slow), "--input", str(inputs), "--out", str(out),
-               "--no-progress", "--force", "segmenter"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = fresh_run(slow, inputs, out, "--force", "segmenter", wait=False)
     deadline = time.time() + 300
     while (out / "stages" / "segmenter@1" / "key.json").exists():  # the forced stage has started over
         assert process.poll() is None and time.time() < deadline
@@ -230,7 +239,7 @@ def test_kill_during_a_forced_retraining_then_resume_pairs_the_table_with_the_mo
     time.sleep(0.5)  # well into training
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert run(slow, inputs, out) == 0  # a plain re-run, as a user would type it
+    assert fresh_run(slow, inputs, out) == 0  # a plain re-run, as a user would type it
     assert set(run_info(out)["stages_reused"]) == {"extract@1", "prior@1", "adapter@1", "generator@1",
                                                   "synthesize@1"}  # segment@1 is not the old model's
     assert (out / "particles.csv").read_text() == (reference / "particles.csv").read_text()
@@ -262,7 +271,7 @@ def test_any_file_name_the_file_system_allows_goes_through_run_and_extract(exper
     out = tmp_path / "run"
     assert run(recipe, odd, out) == 0
     names = {"caf\\xe9 " + first.name, "a$\\frac$ " + second.name}
-    assert set(run_info(out)["calibration"]) == names
+    assert set(run_info(out)["images"]) == names
     assert "caf\\xe9" in (out / "report.html").read_text(encoding="utf-8")
     assert len(list((out / "masks").iterdir())) == 2
     assert main(["extract", str(recipe), "--input", str(odd), "--out", str(tmp_path / "extract"), "--no-progress"]) == 0
@@ -286,21 +295,22 @@ def test_an_uncalibrated_run_states_its_scale_and_how_far_to_trust_it(experiment
     capsys.readouterr()
     code = run(recipe, exports, out)
     printed = capsys.readouterr().out
-    calibration = run_info(out)["calibration"]
-    credible = [name for name, entry in calibration.items() if entry.get("credible")]
-    assert credible, calibration
+    images = run_info(out)["images"]
+    credible = [name for name, entry in images.items() if entry["pixel_size_credible"]]
+    assert credible, images
     for name in credible:
-        entry = calibration[name]
-        assert entry["source"] == "estimated" and entry["log_sd"]["total"] > entry["log_sd"]["recipe"] > 0
+        assert images[name]["pixel_size_source"] == "estimated"
+        entry = images[name]["pixel_size_estimate"]
+        assert entry["log_sd"]["total"] > entry["log_sd"]["recipe"] > 0
         low, high = entry["interval_95_nm"]
         assert low < entry["pixel_size_nm"] < high
     table = pd.read_csv(out / "particles.csv")
     statistics = json.loads((out / "statistics.json").read_text())
-    if len(table) >= 3 and not any(entry.get("credible") is False for entry in calibration.values()):
+    if len(table) >= 3 and all(entry["pixel_size_credible"] for entry in images.values()):
         assert statistics["unit"] == "nm" and "ci_total" in statistics["pooled"]
         assert "with the estimated scale" in printed
     assert "+/- " in (out / "report.html").read_text()
     # an export in which nothing stands out has no scale to estimate: it is an error row, not a failed run
-    assert code == 3 and "blank.png" not in calibration
+    assert code == 3 and "blank.png" not in images
     errors = (out / "errors.csv").read_text()
     assert "blank.png" in errors and "--pixel-size-nm" in errors

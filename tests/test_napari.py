@@ -58,7 +58,7 @@ def test_a_run_folder_opens_at_its_scale_with_the_table_as_features(make_napari_
     viewer.open(str(out), plugin="emcopilot")
     names = [layer.name for layer in viewer.layers]
     assert names == ["demo_00.tif", "demo_00.tif labels", "demo_01.tif", "demo_01.tif labels"]
-    size = json.loads((out / "run.json").read_text())["calibration"]["demo_00.tif"]["pixel_size_nm"]
+    size = json.loads((out / "run.json").read_text())["images"]["demo_00.tif"]["pixel_size_nm"]
     image, labels = viewer.layers["demo_00.tif"], viewer.layers["demo_00.tif labels"]
     assert np.allclose(image.scale, size) and np.allclose(labels.scale, size) and str(image.units[0]) == "nanometer"
     table = emcopilot.load_run(out).table

@@ -8,7 +8,8 @@ import pytest
 
 from emcopilot import Instances, Micrograph
 from emcopilot.measure import particle_table
-from emcopilot.pixel_size import ESTIMATOR_LOG_SD, MIN_CREDIBLE_OBJECTS, estimate_pixel_size
+from emcopilot.pixel_size import (ESTIMATOR_LOG_SD, MIN_CREDIBLE_OBJECTS, apply_pixel_size, estimate_pixel_size,
+                                  image_record, resolve_pixel_size)
 from emcopilot.report import run_warnings
 from emcopilot.statistics import size_statistics
 
@@ -39,15 +40,15 @@ def test_too_few_objects_give_a_working_scale_but_no_nm():
     estimate = estimate_pixel_size(micrograph, PARTICLES)
     assert not estimate.credible
     assert "object(s) stand out" in estimate.reason
-    micrograph.pixel_size_nm = estimate.pixel_size_nm  # as the loop does: it still works at that scale
-    micrograph.metadata.update(pixel_size_source="estimated", pixel_size_credible=False)
+    apply_pixel_size(micrograph, estimate.as_dict())  # as every command does: it still works at that scale
+    assert micrograph.pixel_size_nm == estimate.pixel_size_nm and micrograph.metadata["pixel_size_credible"] is False
     labels = np.zeros(image.shape, np.int32)
     labels[100:110, 100:110] = 1
     table = particle_table(Instances(labels=labels), micrograph)
     assert "eq_diameter_nm" not in table and "pixel_size_nm" not in table
     assert table["eq_diameter_px"].iloc[0] == pytest.approx(math.sqrt(400 / math.pi))
     warnings = run_warnings(histories={}, statistics={}, diameter_nm=(1.5, 6.0), planned_steps={},
-                            calibration={"sparse.png": estimate.as_dict()})
+                            images={"sparse.png": image_record(micrograph)})
     assert any("not credible" in text and "sparse.png" in text and "stand out" in text for text in warnings)
     assert any("+/- " in text and "estimated" in text for text in warnings)
 
@@ -77,8 +78,9 @@ def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(m
 
     statistics = {"unit": "nm", "pooled": {"detected": 12, "mean": 3.0, "ci": {"mean": [2.9, 3.1]},
                                            "ci_total": {"mean": [1.0, 9.0]}, "scale_log_sd": 0.57}}
-    calibration = {"a.png": {"source": "estimated", "credible": True},
-                   "b.png": {"source": "estimated", "credible": False, "reason": "only 2 object(s) stand out"}}
+    images = {"a.png": {"pixel_size_source": "estimated", "pixel_size_credible": True},
+              "b.png": {"pixel_size_source": "estimated", "pixel_size_credible": False,
+                        "pixel_size_estimate": {"reason": "only 2 object(s) stand out"}}}
 
     class FakeLoop:
         def __init__(self, *args, **kwargs):
@@ -87,7 +89,7 @@ def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(m
         def run(self):
             return emcopilot.loop.RunResult(out=tmp_path, micrographs=[None, None], instances=[], table=None,
                                             statistics=statistics, errors=[],
-                                            run_info={"calibration": calibration})
+                                            run_info={"images": images})
 
     monkeypatch.setattr(emcopilot.loop, "Loop", FakeLoop)
     assert main(["run", "nanoparticles-haadf", "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 0

@@ -95,7 +95,7 @@ def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
     warnings = run_warnings(
         histories={"segmenter": {"steps": 530, "stopped_early": "max_minutes 7 reached after step 530"},
                    "generator": {}},
-        statistics=statistics, calibration={"a.tif": {"source": "file"}, "b.tif": {"source": "estimated"}},
+        statistics=statistics, images={"a.tif": {"pixel_size_source": "file"}, "b.tif": {"pixel_size_source": "estimated"}},
         diameter_nm=(1.5, 10.0), planned_steps={"segmenter": 800, "generator": 0})
     text = "\n".join(warnings)
     assert len(warnings) == 4, text
@@ -105,7 +105,7 @@ def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
     assert "1.6 nm, is at the edge of the recipe's range (1.5-10 nm)" in text
     calm = dict(statistics, pooled={"median": 4.0}, per_image={"a.tif": {"detected": 12}})
     assert run_warnings(histories={"segmenter": {"steps": 800}}, statistics=calm,
-                        calibration={"a.tif": {"source": "file"}}, diameter_nm=(1.5, 10.0),
+                        images={"a.tif": {"pixel_size_source": "file"}}, diameter_nm=(1.5, 10.0),
                         planned_steps={"segmenter": 800}) == []
     micrograph = Micrograph(np.zeros((8, 8)), pixel_size_nm=0.2, name="a.tif")
     page = write_report(tmp_path / "r.html", title="t", micrographs=[micrograph], instances=[Instances(
@@ -150,7 +150,7 @@ def test_single_atoms_are_reported_by_count_and_fitted_profile_not_by_a_disk_siz
     from emcopilot.report import run_warnings
 
     atoms = {"unit": "nm", "pooled": {"median": 0.2}, "per_image": {"a.tif": {"detected": 30}}}
-    common = dict(statistics=atoms, calibration={"a.tif": {"source": "file"}}, diameter_nm=(0.08, 0.2),
+    common = dict(statistics=atoms, images={"a.tif": {"pixel_size_source": "file"}}, diameter_nm=(0.08, 0.2),
                   planned_steps={"segmenter": 1000})
     assert run_warnings(histories={"segmenter": {"steps": 1000}}, kind="atoms", **common) == []
     assert len(run_warnings(histories={"segmenter": {"steps": 1000}}, **common)) == 1  # particles: at the edge

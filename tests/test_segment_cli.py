@@ -54,7 +54,7 @@ def test_segment_writes_outputs_that_evaluate_reads(model_dir, tmp_path, capsys)
     assert {"image", "id", "x", "y", "bbox_x0", "area_px", "eq_diameter_px", "eq_diameter_nm"} <= set(table.columns)
     assert (out / "masks" / "a.png.tif").is_file() and (out / "particles.parquet").is_file()
     run = json.loads((out / "run.json").read_text())
-    assert run["errors"][0]["input"].endswith("broken.png") and run["timings"]["megapixels_per_s"] > 0
+    assert run["errors"][0]["input"].endswith("broken.png") and run["throughput"]["megapixels_per_s"] > 0
     truth = tmp_path / "truth"
     truth.mkdir()
     import tifffile

@@ -40,7 +40,7 @@ def run(args) -> int:
     result = extract(args.recipe, paths, args.out, pixel_size_nm=pixel_size_nm, calibration=calibration,
                      scale_bar_nm=args.scale_bar_nm, progress=not args.no_progress)
     print(f"{len(result.images)} micrograph(s), {len(result.table)} objects "
-          f"({result.run_info['prior_extractor']['plugin']}) -> {args.out / 'particles.csv'}")
+          f"({result.run_info['plugins']['prior_extractor']['name']}) -> {args.out / 'particles.csv'}")
     for name, message in result.errors:
         print(f"failed: {message}" if message.startswith(str(name)) else f"failed: {name}: {message}")
     return 3 if result.errors else 0

@@ -61,8 +61,8 @@ def run(args) -> int:
     scores = headline(result.run_info.get("metrics") or {})
     if scores:
         print(scores)
-    refused = [name for name, entry in (result.run_info.get("calibration") or {}).items()
-               if entry.get("credible") is False]
+    refused = [name for name, entry in (result.run_info.get("images") or {}).items()
+               if entry.get("pixel_size_credible") is False]
     if refused:
         print(f"{len(refused)} image(s) in pixels only, their estimated scale not credible: {', '.join(refused[:5])}"
               f"{' ...' if len(refused) > 5 else ''} (reasons in report.html)")

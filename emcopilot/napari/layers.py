@@ -56,10 +56,9 @@ def input_micrographs(result: Result) -> dict[str, Micrograph]:
 
 
 def _recorded_scale(result: Result, name: str) -> tuple[float | None, str | None]:
-    for where, key in (("calibration", "source"), ("images", "pixel_size_source")):
-        info = (result.run_info.get(where) or {}).get(name)
-        if isinstance(info, dict) and info.get("pixel_size_nm"):
-            return float(info["pixel_size_nm"]), info.get(key)
+    info = (result.run_info.get("images") or {}).get(name)
+    if isinstance(info, dict) and info.get("pixel_size_nm"):
+        return float(info["pixel_size_nm"]), info.get("pixel_size_source")
     return None, None
 
 
