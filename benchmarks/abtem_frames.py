@@ -218,7 +218,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from scipy.spatial import ConvexHull
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from emcopilot.demo import write_calibrated_tiff
+    from emcopilot.pipeline.demo import write_calibrated_tiff
 
     directory, out = Path(args.cells), Path(args.out)
     cells = _cells(directory, args.kind)

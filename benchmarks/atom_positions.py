@@ -11,7 +11,7 @@ benchmark reports the rms position error (pixels) of
 
 - ``whole_pixel``: the finder's peak pixel;
 - ``centre_of_mass``: the intensity-weighted centre of the 3x3 pixels round it;
-- ``gaussian``: the 2-D Gaussian fitted by :func:`emcopilot.atom_fit.fit_gaussians`,
+- ``gaussian``: the 2-D Gaussian fitted by :func:`emcopilot.analysis.atom_fit.fit_gaussians`,
   which is what the particle table reports;
 
 with the share of fits that converged, the fitted width against the drawn
@@ -39,11 +39,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from emcopilot.atom_fit import FWHM_PER_SIGMA, fit_gaussians  # noqa: E402
-from emcopilot.interfaces import Micrograph  # noqa: E402
-from emcopilot.layout import LayoutSpec, sample_layout  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
+from emcopilot.analysis.atom_fit import FWHM_PER_SIGMA, fit_gaussians  # noqa: E402
+from emcopilot.core.interfaces import Micrograph  # noqa: E402
+from emcopilot.specimen.layout import LayoutSpec, sample_layout  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
 
 RECIPE = "single-atom-catalyst-haadf"
 MATCH_NM = 0.1

@@ -36,10 +36,10 @@ HOSTILE_NAMES = [b"=HYPERLINK(x) %d.tif", b"a$\\frac$ %d.tif", b"caf\xe9 %d.tif"
 
 def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: int,
                 duplicates: float = 0.0, hostile: float = 0.0) -> tuple[list[str], int]:
-    from emcopilot.demo import write_calibrated_tiff
-    from emcopilot.layout import LayoutSpec, sample_layout
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.pipeline.demo import write_calibrated_tiff
+    from emcopilot.specimen.layout import LayoutSpec, sample_layout
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
     recipe = load_recipe("nanoparticles-haadf")
     registry = get_registry()
     generator = registry.get("generator", "physical").create({}, recipe.sample)
@@ -84,8 +84,8 @@ def make_inputs(folder: Path, count: int, corrupt: float, side_px: int, seed: in
 
 
 def classical_model(folder: Path) -> Path:
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
     recipe = load_recipe("nanoparticles-haadf")
     segmenter = get_registry().get("segmenter", "classical").create({}, recipe.sample)
     segmenter.save(folder / "model")

@@ -84,9 +84,9 @@ def oracle_calibration(data: Path, name: str, recipe: str, images: list[Path], p
     import math
 
     import numpy as np
-    from emcopilot.evaluate import read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.recipe import load_recipe
+    from emcopilot.analysis.evaluate import read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.core.recipe import load_recipe
 
     typical_nm = math.sqrt(math.prod(load_recipe(recipe).sample.diameter_nm))
     lines = ["image,pixel_size_nm"]
@@ -103,9 +103,9 @@ def human_priors(data: Path, name: str, images: list[Path], folder: Path) -> Pat
     """Label TIFFs of the human annotations, named as a run's ``masks/``, for ``--priors-from``."""
     import numpy as np
     import tifffile
-    from emcopilot.evaluate import read_points_truth, read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.measure import mask_file_name
+    from emcopilot.analysis.evaluate import read_points_truth, read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.analysis.measure import mask_file_name
     from skimage.draw import disk
     from supervised_baseline import ellipse_labels
 
@@ -129,7 +129,7 @@ def human_priors(data: Path, name: str, images: list[Path], folder: Path) -> Pat
 def budget_recipe(recipe: str, factor: float, path: Path) -> Path:
     """A recipe derived from ``recipe`` whose training profile has ``factor`` times the budget."""
     import yaml
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.recipe import load_recipe
 
     base = load_recipe(recipe)
     profile_name = base.train["profile"]

@@ -50,7 +50,7 @@ def row_command(row: str, args, work: Path) -> tuple[list[str], Path]:
                    "--folds", str(args.budget_folds or args.folds if row == "supervised-budget" else args.folds), "--threads", str(args.threads),
                    "--oracle-scale", "--out", str(out)]
         if row == "supervised-budget":
-            from emcopilot.recipe import load_recipe
+            from emcopilot.core.recipe import load_recipe
 
             profile = load_recipe(RECIPES[args.set]).profile()
             command += ["--steps", str(int(round(profile["segmenter_steps"] * args.budget_factor)))]

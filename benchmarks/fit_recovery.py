@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emcopilot.interfaces import Micrograph  # noqa: E402
-from emcopilot.layout import LayoutSpec, sample_layout  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
+from emcopilot.core.interfaces import Micrograph  # noqa: E402
+from emcopilot.specimen.layout import LayoutSpec, sample_layout  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
 
 RECIPES = ("nanoparticles-haadf", "single-atom-catalyst-haadf", "subnm-clusters-haadf")
 DOSES = (1000.0, 10000.0)

@@ -82,7 +82,7 @@ def load_images(folder: Path, diameter_px: float, min_rows: int, min_cols: int,
     """
     from skimage.transform import rescale
 
-    from emcopilot.io import read_micrograph
+    from emcopilot.io.readers import read_micrograph
 
     images = []
     for path in sorted((folder / "images").glob("*.jpg")):
@@ -127,9 +127,9 @@ def stand_in_masks(image: np.ndarray, diameter_px: float) -> np.ndarray:
 
 def prior_masks(images: list[dict], diameter_px: float, pixel_size_nm: float) -> str:
     """Fill each image's ``labels``; return which extractor made them."""
-    from emcopilot.errors import PluginError
-    from emcopilot.interfaces import Micrograph
-    from emcopilot.plugins import get_registry
+    from emcopilot.core.errors import PluginError
+    from emcopilot.core.interfaces import Micrograph
+    from emcopilot.core.plugins import get_registry
 
     try:
         extractor = get_registry().get("prior_extractor", "classical").create(
@@ -170,7 +170,7 @@ def split(images: list[dict], test_fraction: float, crop_px: int, per_image: int
 
 def layout_of(crop: dict, pixel_size_nm: float):
     """A Layout for the analytic renderer from a crop's mask: sphere-model thickness."""
-    from emcopilot.layout import Layout
+    from emcopilot.specimen.layout import Layout
     from emcopilot_plugins.generators.pix2pix.data import condition_channels
 
     labels = crop["labels"]
@@ -194,11 +194,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from emcopilot.interfaces import Micrograph, TrainBudget
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.interfaces import Micrograph, TrainBudget
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
     from emcopilot_plugins.metrics.image import LPIPS, PSNR, SSIM, RealismGap
-    from emcopilot.errors import CheckpointError, InputError, RecipeError
+    from emcopilot.core.errors import CheckpointError, InputError, RecipeError
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

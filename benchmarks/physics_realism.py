@@ -35,9 +35,9 @@ import numpy as np
 from scipy import stats
 from skimage.draw import disk, ellipse
 
-from emcopilot.io import read_micrograph
-from emcopilot.layout import LayoutSpec, sample_layout
-from emcopilot.plugins import get_registry
+from emcopilot.io.readers import read_micrograph
+from emcopilot.specimen.layout import LayoutSpec, sample_layout
+from emcopilot.core.plugins import get_registry
 from emcopilot_plugins.physics.estimate import noise_curve
 
 BRIGHT_FIELD = {"PtC1", "PtCo1", "PtCo3", "Pt_carbon1"}

@@ -25,9 +25,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from emcopilot.layout import LayoutSpec, sample_layout  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.specimen.layout import LayoutSpec, sample_layout  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 CASES = {
     # name: (sample block, pixel size nm/px, adapter)

@@ -44,10 +44,10 @@ from closed_loop import SETS, select_images  # noqa: E402
 def maps_of_run(data: Path, name: str, work: Path, flips: int | None, cache: Path | None = None) -> list[dict]:
     """Each image of the set with the run's model's maps at the run's pixel size (kept in, and
     read back from, ``cache/<set>/<image>.npy`` when a cache folder is given)."""
-    from emcopilot.models import load_model
-    from emcopilot.evaluate import read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.scale import plan_scaling, to_working
+    from emcopilot.pipeline.models import load_model
+    from emcopilot.analysis.evaluate import read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.specimen.scale import plan_scaling, to_working
     from emcopilot_plugins.segmenters.unet import normalise
 
     run = work / "run"
@@ -77,8 +77,8 @@ def maps_of_run(data: Path, name: str, work: Path, flips: int | None, cache: Pat
 def counts(item: dict, foreground: float, dynamic: float, grow_nm: float, min_score: float = 0.0,
            min_diameter_nm: float | None = None) -> tuple[int, int, int]:
     from skimage.measure import regionprops
-    from emcopilot.evaluate import Objects, match
-    from emcopilot.scale import labels_to_original
+    from emcopilot.analysis.evaluate import Objects, match
+    from emcopilot.specimen.scale import labels_to_original
     from emcopilot_plugins.segmenters.instances import particles_from_maps
 
     px = item["working_px_nm"]

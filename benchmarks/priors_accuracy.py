@@ -66,11 +66,11 @@ def image_pairs(data: Path, which: str):
 
 
 def evaluate(data: Path, which: str, extractor_name: str | None, params: dict, oracle_scale: bool = False) -> dict:
-    from emcopilot.evaluate import Objects, match, read_points_truth, read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.measure import particle_table
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.analysis.evaluate import Objects, match, read_points_truth, read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.analysis.measure import particle_table
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
 
     _, recipe_name, default_extractor = SETS[which]
     recipe = load_recipe(recipe_name)

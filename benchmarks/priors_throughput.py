@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     import os
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from emcopilot import Micrograph
-    from emcopilot.io import read_micrograph
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
 
     registry = get_registry()
     results = {"threads": args.threads}

@@ -1,7 +1,7 @@
 """How far the pixel-size estimate for uncalibrated micrographs is from the truth.
 
 Three kinds of images, each run through the function the loop uses
-(:func:`emcopilot.morphology.estimate_pixel_size_nm`, with the recipe's sample):
+(:func:`emcopilot.specimen.morphology.estimate_pixel_size_nm`, with the recipe's sample):
 
 - ``stripped``: the calibrated ``acstem-dev`` single-atom images with their
   calibration removed (truth: the file's 0.0293 nm/px);
@@ -24,7 +24,7 @@ Three kinds of images, each run through the function the loop uses
 The error of one image is ``estimate / truth``; a set is summarised by the median
 of ``|estimate / truth - 1|`` and the worst factor ``max(r, 1/r)``, against the
 targets (median <= 15 %, no image beyond 1.5x), by how many estimates are not
-credible (:mod:`emcopilot.pixel_size`) and the worst factor among those that are,
+credible (:mod:`emcopilot.specimen.pixel_size`) and the worst factor among those that are,
 and by the coverage of the stated 95 % interval: how often the truth lies
 inside it, with and without the recipe's term (the truths here put the objects
 at the recipe's typical size, so the interval without it is the one tested). The estimator's two diameter
@@ -61,8 +61,8 @@ SCALES_OBJECT_PX = (3.0, 64.0)  # a recipe is drawn at a scale where its typical
 def estimate(micrograph, recipe) -> dict:
     """The estimate's fields of a row: value, uncertainty (log sd: total and without the recipe's term)
     and whether it is credible."""
-    from emcopilot.errors import InputError
-    from emcopilot.pixel_size import estimate_pixel_size
+    from emcopilot.core.errors import InputError
+    from emcopilot.specimen.pixel_size import estimate_pixel_size
     micrograph.pixel_size_nm = None
     try:
         found = estimate_pixel_size(micrograph, recipe.sample)
@@ -75,8 +75,8 @@ def estimate(micrograph, recipe) -> dict:
 
 
 def stripped(data: Path):
-    from emcopilot.io import read_micrograph
-    from emcopilot.recipe import load_recipe
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.core.recipe import load_recipe
     recipe = load_recipe("single-atom-catalyst-haadf")
     for path in sorted((data / "acstem-dev" / "images").glob("*.tif")):
         micrograph = read_micrograph(path)[0]
@@ -89,9 +89,9 @@ def formats(data: Path):
     """The calibrated reader examples under ``formats/`` (HAADF/TEM frames of 64-128 px), calibration
     stripped, against the particle recipe: small frames of objects the recipe may not describe, so
     the test is mostly whether the estimate says it is not credible when it is far off."""
-    from emcopilot.errors import EmcopilotError
-    from emcopilot.io import read_micrographs
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.errors import EmcopilotError
+    from emcopilot.io.readers import read_micrographs
+    from emcopilot.core.recipe import load_recipe
     recipe = load_recipe("nanoparticles-haadf")
     paths = sorted(p for p in (data / "formats").rglob("*") if p.is_file() and p.suffix.lower() != ".ser")
     for path in paths:
@@ -108,9 +108,9 @@ def formats(data: Path):
 
 
 def boxes(data: Path):
-    from emcopilot.evaluate import read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.recipe import load_recipe
+    from emcopilot.analysis.evaluate import read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.core.recipe import load_recipe
     for path in sorted((data / "ardagen-dev" / "images").glob("*.jpg")):
         recipe = load_recipe("nanoparticles-bf-stem" if path.stem in BF_IMAGES else "nanoparticles-haadf")
         micrograph = read_micrograph(path)[0]
@@ -122,10 +122,10 @@ def boxes(data: Path):
 
 
 def synthetic(side_px: int = 512, seed: int = 7):
-    from emcopilot.interfaces import Micrograph
-    from emcopilot.layout import LayoutSpec, sample_layout
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.interfaces import Micrograph
+    from emcopilot.specimen.layout import LayoutSpec, sample_layout
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
     registry = get_registry()
     for name in SYNTHETIC_RECIPES:
         recipe = load_recipe(name)
@@ -145,10 +145,10 @@ def synthetic(side_px: int = 512, seed: int = 7):
 
 def scales(side_px: int = 512, seed: int = 11):
     """Frames at the ten :data:`SCALES_NM`, each for the recipes whose objects are drawable there."""
-    from emcopilot.interfaces import Micrograph
-    from emcopilot.layout import LayoutSpec, sample_layout
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.interfaces import Micrograph
+    from emcopilot.specimen.layout import LayoutSpec, sample_layout
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
     registry = get_registry()
     rng = np.random.default_rng(seed)
     for pixel_size_nm in map(float, SCALES_NM):
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON report")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # one warning per uncalibrated image is the point here
-    from emcopilot.errors import InputError
+    from emcopilot.core.errors import InputError
     data = Path(args.data)
     sources = {"stripped": lambda: stripped(data), "boxes": lambda: boxes(data), "synthetic": synthetic, "scales": scales,
                "formats": lambda: formats(data)}

@@ -1,9 +1,9 @@
 """Throughput of segmentation (megapixels/s), U-Net side by side with the baselines.
 
-Frames are physics-synthetic HAADF micrographs (``emcopilot.layout`` +
+Frames are physics-synthetic HAADF micrographs (``emcopilot.specimen.layout`` +
 ``physical`` generator + ``haadf-stem`` adapter) of each ``--sizes`` side, at
 the recipe's working pixel size (no resampling). Each segmenter is timed on
-the full ``predict`` call plus the particle table (``emcopilot.measure``) when
+the full ``predict`` call plus the particle table (``emcopilot.analysis.measure``) when
 that module is present, i.e. the per-image work of ``emcopilot segment``.
 
 - ``unet``: the model in ``--model`` (a saved model folder), or else a U-Net with
@@ -39,8 +39,8 @@ import numpy as np
 
 
 def synthetic_frame(sample, size: int, seed: int) -> np.ndarray:
-    from emcopilot.layout import LayoutSpec, sample_layout
-    from emcopilot.plugins import get_registry
+    from emcopilot.specimen.layout import LayoutSpec, sample_layout
+    from emcopilot.core.plugins import get_registry
 
     rng = np.random.default_rng(seed)
     block = min(size, 1024)
@@ -53,8 +53,8 @@ def synthetic_frame(sample, size: int, seed: int) -> np.ndarray:
 
 
 def trained_unet(sample, steps: int, device: str, seed: int):
-    from emcopilot.interfaces import TrainBudget
-    from emcopilot.plugins import get_registry
+    from emcopilot.core.interfaces import TrainBudget
+    from emcopilot.core.plugins import get_registry
 
     segmenter = get_registry().get("segmenter", "unet").create({"device": device}, sample)
     frames = [synthetic_frame(sample, 256, seed + index) for index in range(4)]
@@ -65,8 +65,8 @@ def trained_unet(sample, steps: int, device: str, seed: int):
 
 def contenders(args, sample) -> dict:
     """name -> segmenter-like object with ``predict`` (or the reason it is missing)."""
-    from emcopilot.models import load_model
-    from emcopilot.plugins import get_registry
+    from emcopilot.pipeline.models import load_model
+    from emcopilot.core.plugins import get_registry
 
     found: dict = {}
     try:
@@ -127,7 +127,7 @@ class SamAutomatic:
 
 def time_one(segmenter, micrograph, repeats: int) -> dict:
     try:
-        from emcopilot.measure import particle_table
+        from emcopilot.analysis.measure import particle_table
     except ImportError:
         particle_table = None
     seconds = []
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from emcopilot import Micrograph
-    from emcopilot.recipe import load_recipe
-    from emcopilot.rundir import environment
+    from emcopilot.core.recipe import load_recipe
+    from emcopilot.pipeline.rundir import environment
 
     if args.threads:
         torch.set_num_threads(args.threads)

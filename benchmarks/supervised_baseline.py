@@ -7,7 +7,7 @@ Two training sources, the same evaluation:
   (YOLO boxes become inscribed ellipses, atom points become Gaussian heatmaps)
   and predicts the held-out images.
 - ``--source synthetic``: the U-Net trains only on physics-synthetic images
-  (``emcopilot.layout`` + ``physical`` generator + ``haadf-stem``/``bf-stem``
+  (``emcopilot.specimen.layout`` + ``physical`` generator + ``haadf-stem``/``bf-stem``
   adapter, not fitted to any real image) and predicts every image of the set.
 
 Sets: ``ardagen-haadf`` and ``ardagen-bf`` (YOLO boxes; a match is box IoU >= 0.5
@@ -70,8 +70,8 @@ def ellipse_labels(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def load_ardagen(data: Path, bright_field: bool, max_image_px: int) -> list[dict]:
-    from emcopilot.evaluate import read_yolo_truth
-    from emcopilot.io import read_micrograph
+    from emcopilot.analysis.evaluate import read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
     from skimage.transform import downscale_local_mean
 
     items = []
@@ -89,8 +89,8 @@ def load_ardagen(data: Path, bright_field: bool, max_image_px: int) -> list[dict
 
 
 def load_acstem(data: Path) -> list[dict]:
-    from emcopilot.evaluate import read_points_truth
-    from emcopilot.io import read_micrograph
+    from emcopilot.analysis.evaluate import read_points_truth
+    from emcopilot.io.readers import read_micrograph
 
     items = []
     for path in sorted((data / "acstem-dev" / "images").glob("*.tif")):
@@ -102,7 +102,7 @@ def load_acstem(data: Path) -> list[dict]:
 
 
 def sample_for(set_name: str, pixel_size_nm: float):
-    from emcopilot.recipe import Sample
+    from emcopilot.core.recipe import Sample
 
     if set_name == "acstem":
         return Sample.from_dict({"kind": "atoms", "material": "Pt", "support": "N-doped carbon",
@@ -116,7 +116,7 @@ def sample_for(set_name: str, pixel_size_nm: float):
 def human_pairs(items: list[dict], sample) -> tuple[list[np.ndarray], list]:
     """Training images at the working pixel size with their human labels."""
     from emcopilot import Instances
-    from emcopilot.scale import plan_scaling, points_to_working, to_working, to_working_labels
+    from emcopilot.specimen.scale import plan_scaling, points_to_working, to_working, to_working_labels
 
     images, labels = [], []
     for item in items:
@@ -138,8 +138,8 @@ def human_pairs(items: list[dict], sample) -> tuple[list[np.ndarray], list]:
 
 def synthetic_pairs(sample, count: int, size_px: int, seed: int) -> tuple[list[np.ndarray], list]:
     """Physics-synthetic training pairs: no real image is used."""
-    from emcopilot.layout import LayoutSpec, sample_layout
-    from emcopilot.plugins import get_registry
+    from emcopilot.specimen.layout import LayoutSpec, sample_layout
+    from emcopilot.core.plugins import get_registry
 
     registry = get_registry()
     rng = np.random.default_rng(seed)
@@ -161,7 +161,7 @@ def score_item(segmenter, item: dict, sample, radius_nm: float, peak_thresholds:
     height reaches each threshold: the same peaks as predicting at it.
     """
     from emcopilot import Micrograph
-    from emcopilot.evaluate import Objects, label_geometry, match, size_distribution
+    from emcopilot.analysis.evaluate import Objects, label_geometry, match, size_distribution
 
     pixel_size_nm = item.get("pixel_size_nm", sample.working_pixel_size_nm)
     micrograph = Micrograph(item["image"], pixel_size_nm=pixel_size_nm, name=item["name"])
@@ -194,7 +194,7 @@ def score_item(segmenter, item: dict, sample, radius_nm: float, peak_thresholds:
 
 def sweep_pooled(rows: list[dict]) -> list[dict]:
     """Pooled atom scores at each swept peak threshold."""
-    from emcopilot.evaluate import detection_scores
+    from emcopilot.analysis.evaluate import detection_scores
 
     if not rows or "_sweep" not in rows[0]:
         return []
@@ -204,7 +204,7 @@ def sweep_pooled(rows: list[dict]) -> list[dict]:
 
 
 def pooled(rows: list[dict]) -> dict:
-    from emcopilot.evaluate import detection_scores, size_distribution
+    from emcopilot.analysis.evaluate import detection_scores, size_distribution
 
     totals = [int(sum(row[key] for row in rows)) for key in ("tp", "fp", "fn")]
     out = {"images": len(rows), **detection_scores(*totals),
@@ -222,15 +222,15 @@ def pooled(rows: list[dict]) -> dict:
 def run_set(set_name: str, args) -> dict:
     import torch
 
-    from emcopilot.interfaces import TrainBudget
-    from emcopilot.plugins import get_registry
+    from emcopilot.core.interfaces import TrainBudget
+    from emcopilot.core.plugins import get_registry
 
     if set_name == "acstem":
         items = load_acstem(args.data)
     else:
         items = load_ardagen(args.data, set_name == "ardagen-bf", 0 if args.oracle_scale else args.max_image_px)
     if args.recipe:
-        from emcopilot.recipe import load_recipe
+        from emcopilot.core.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
         sample, segmenter_name = recipe.sample, recipe.segmenter.plugin

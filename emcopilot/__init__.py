@@ -1,6 +1,6 @@
 """emcopilot: label-free segmentation of electron micrographs.
 
-For notebooks and scripts, the commands as functions (:mod:`emcopilot.api`)::
+For notebooks and scripts, the commands as functions (:mod:`emcopilot.pipeline.api`)::
 
     result = emcopilot.run("nanoparticles-haadf", ["a.dm4", "b.dm4"], out="run1")
     result.table, result.statistics, result.labels, result.plot()
@@ -8,11 +8,11 @@ For notebooks and scripts, the commands as functions (:mod:`emcopilot.api`)::
 ``run``, ``extract``, ``segment``, ``load_run`` and ``Result`` load on first use, so that
 importing this package stays cheap (no torch). The API for plugin authors is re-exported here too.
 """
-from .errors import (CheckpointError, EmcopilotError, InputError, PluginError, ReadError,
+from .core.errors import (CheckpointError, EmcopilotError, InputError, PluginError, ReadError,
                      RecipeError)
-from .hookspecs import hookimpl
-from .interfaces import Instances, Micrograph
-from .params import Param
+from .core.hookspecs import hookimpl
+from .core.interfaces import Instances, Micrograph
+from .core.params import Param
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from .pipeline import api
         return getattr(api, name)
     raise AttributeError(f"module 'emcopilot' has no attribute {name!r}")
 

@@ -45,8 +45,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import EmcopilotError
-from .interfaces import Instances, Micrograph, TrainBudget
+from .core.errors import EmcopilotError
+from .core.interfaces import Instances, Micrograph, TrainBudget
 
 __all__ = ["ConformanceError", "check_component", "default_sample", "tiny_micrograph"]
 
@@ -64,7 +64,7 @@ class ConformanceError(AssertionError):
 def default_sample(kind: str = "particles", modality: str = "haadf-stem") -> Any:
     """A recipe ``sample:`` block for the checks: Pt on carbon, particles (1.5-10 nm at 0.2 nm/px),
     clusters or single atoms (at 0.03 nm/px)."""
-    from .recipe import Sample
+    from .core.recipe import Sample
 
     atomistic = kind != "particles"
     return Sample.from_dict({
@@ -116,7 +116,7 @@ def check_component(slot: str, component: Any, *, params: Mapping[str, Any] | No
     ``sample`` (default :func:`default_sample`), and re-created wherever a check needs a fresh
     instance (resuming, loading); an instance is copied with :func:`copy.deepcopy` for that.
     """
-    from .plugins import SLOTS, get_registry
+    from .core.plugins import SLOTS, get_registry
 
     if slot not in SLOTS:
         raise ConformanceError(f"unknown slot {slot!r}; the slots are {sorted(SLOTS)}")
@@ -198,7 +198,7 @@ def _call(label: str, what: str, function: Callable[[], Any]) -> Any:
 
 
 def _layouts(sample: Any, count: int, seed: int) -> list[Any]:
-    from .layout import LayoutSpec, sample_layout
+    from .specimen.layout import LayoutSpec, sample_layout
 
     spec = LayoutSpec.from_sample(sample)
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 from emcopilot import Param, hookimpl  # noqa: E402
-from emcopilot.plugins import build_registry, use_registry  # noqa: E402
+from emcopilot.core.plugins import build_registry, use_registry  # noqa: E402
 
 # Property tests draw the same examples on every run and machine, so a stochastic
 # physics tolerance cannot make CI flaky; set HYPOTHESIS_PROFILE=explore to search anew.

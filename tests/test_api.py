@@ -10,13 +10,13 @@ import pytest
 
 import emcopilot
 from emcopilot import InputError, Micrograph
-from emcopilot.inputs import gather
+from emcopilot.io.inputs import gather
 
 pytest.importorskip("torch")
 
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.demo import make_experiment  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
+from emcopilot.pipeline.demo import make_experiment  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
 
 from test_loop import tiny_recipe  # noqa: E402
 from test_segment_cli import _disks, model_dir  # noqa: E402,F401  (a fixture)
@@ -59,7 +59,7 @@ def test_run_returns_the_table_the_cli_writes(experiment, tmp_path):
 def test_run_extract_and_segment_write_one_run_json_schema_and_one_errors_csv(experiment, tmp_path):
     from pathlib import Path
 
-    from emcopilot.rundir import RUN_JSON_FIELDS, RUN_JSON_SCHEMA
+    from emcopilot.pipeline.rundir import RUN_JSON_FIELDS, RUN_JSON_SCHEMA
 
     recipe, paths = experiment
     broken = tmp_path / "broken.png"

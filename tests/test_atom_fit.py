@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.atom_fit import FWHM_PER_SIGMA, fit_gaussians
-from emcopilot.measure import columns, particle_table
+from emcopilot.analysis.atom_fit import FWHM_PER_SIGMA, fit_gaussians
+from emcopilot.analysis.measure import columns, particle_table
 
 
 def spots(points, shape=(96, 96), sigma=1.6, amplitude=50.0, background=20.0):

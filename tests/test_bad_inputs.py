@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.interfaces import Instances, TrainBudget  # noqa: E402
-from emcopilot.models import save_model  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.interfaces import Instances, TrainBudget  # noqa: E402
+from emcopilot.pipeline.models import save_model  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 from tests.test_recipe import MALFORMED  # noqa: E402
 

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_local_dask_cluster_matches_serial(batch, tmp_path):
 
 def test_existing_cluster_reads_lazy_files_on_the_workers(batch, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    from emcopilot.demo import write_calibrated_tiff
+    from emcopilot.pipeline.demo import write_calibrated_tiff
 
     inputs = tmp_path / "tiffs"
     inputs.mkdir()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from emcopilot.blob_scale import dominant_diameter_px
-from emcopilot.errors import InputError
+from emcopilot.specimen.blob_scale import dominant_diameter_px
+from emcopilot.core.errors import InputError
 
 from test_priors import disks_image
 
@@ -84,7 +84,7 @@ def test_texture_alone_has_no_scale():
 
 
 def test_resolved_atoms_of_a_cluster_count_as_one_cluster():
-    from emcopilot.blob_scale import cluster_diameters_px
+    from emcopilot.specimen.blob_scale import cluster_diameters_px
 
     # two clusters of three atoms (blobs of 4 px, 9 px apart) and one lone atom far away
     centres = np.array([[50, 50], [50, 59], [58, 54], [150, 150], [150, 159], [158, 154], [300, 300]], float)

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emcopilot.calibration import read_calibration_table
+from emcopilot.io.calibration import read_calibration_table
 from emcopilot.cli import main
-from emcopilot.errors import InputError
-from emcopilot.io import read_micrograph
+from emcopilot.core.errors import InputError
+from emcopilot.io.readers import read_micrograph
 
 from test_priors_cli import RECIPE, write_disks
 

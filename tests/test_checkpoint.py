@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from emcopilot.checkpoint import (load_checkpoint, read_config, restore_module,  # noqa: E402
+from emcopilot.core.checkpoint import (load_checkpoint, read_config, restore_module,  # noqa: E402
                                   save_checkpoint)
-from emcopilot.errors import CheckpointError  # noqa: E402
+from emcopilot.core.errors import CheckpointError  # noqa: E402
 
 
 def _net(width: int = 4) -> torch.nn.Module:

@@ -9,8 +9,8 @@ import pytest
 
 from emcopilot import __version__
 from emcopilot.cli import main
-from emcopilot.plugins import SLOTS
-from emcopilot.recipe import recipe_index
+from emcopilot.core.plugins import SLOTS
+from emcopilot.core.recipe import recipe_index
 
 BUILTIN_RECIPES = ["nanoparticles-haadf", "nanoparticles-haadf-gan", "nanoparticles-bf-stem", "subnm-clusters-haadf",
                    "single-atom-catalyst-haadf"]

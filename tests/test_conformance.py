@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances
-from emcopilot.errors import EmcopilotError
-from emcopilot.plugins import SLOTS, get_registry
+from emcopilot.core.errors import EmcopilotError
+from emcopilot.core.plugins import SLOTS, get_registry
 from emcopilot.testing import ConformanceError, check_component, default_sample, tiny_micrograph
 
 ALL = [(slot, component.name) for slot in SLOTS for component in get_registry().all(slot)]

@@ -12,10 +12,10 @@ pytest.importorskip("torch")
 import emcopilot  # noqa: E402
 from emcopilot import InputError, Micrograph  # noqa: E402
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.corrections import correction_files, read_correction  # noqa: E402
-from emcopilot.demo import make_experiment  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
-from emcopilot.stages import _load_instances  # noqa: E402
+from emcopilot.pipeline.corrections import correction_files, read_correction  # noqa: E402
+from emcopilot.pipeline.demo import make_experiment  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
+from emcopilot.pipeline.stages import _load_instances  # noqa: E402
 
 from test_loop import tiny_recipe  # noqa: E402
 

@@ -23,7 +23,7 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_recipe_examples_validate(tmp_path):
     import re
 
-    from emcopilot.recipe import load_recipe
+    from emcopilot.core.recipe import load_recipe
 
     blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
     assert blocks

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from emcopilot.cli import main
-from emcopilot.errors import InputError
-from emcopilot.evaluate import (EvaluationSettings, evaluate_run, pair_truth_files, read_points_truth,
+from emcopilot.core.errors import InputError
+from emcopilot.analysis.evaluate import (EvaluationSettings, evaluate_run, pair_truth_files, read_points_truth,
                                 read_yolo_truth)
 
 

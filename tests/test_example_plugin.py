@@ -53,7 +53,7 @@ def test_plugin_recipe_is_listed_and_validates(example_site):
 
 
 def test_plugin_component_runs(example_site):
-    code = ("import numpy as np; from emcopilot.plugins import get_registry;"
+    code = ("import numpy as np; from emcopilot.core.plugins import get_registry;"
             "a = get_registry().get('physics_adapter', 'idpc-stem').create({});"
             "out = a.apply(np.ones((64, 64)), 0.1, np.random.default_rng(0));"
             "print(out.shape, out.dtype, bool(np.isfinite(out).all()))")

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from emcopilot import ReadError
-from emcopilot.io import _calibration, read_micrograph, to_nm
+from emcopilot.io.readers import _calibration, read_micrograph, to_nm
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,7 +5,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from emcopilot import RecipeError
-from emcopilot.recipe import load_recipe
+from emcopilot.core.recipe import load_recipe
 from tests.conftest import GOOD_RECIPE
 
 SETTINGS = settings(max_examples=150, deadline=None,

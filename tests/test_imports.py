@@ -7,9 +7,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"emcopilot": ROOT / "emcopilot", "emcopilot_plugins": ROOT / "plugins"}
+#: the package's layers, lowest first: a module imports nothing from a layer above its own
+LAYERS = ("emcopilot.core", "emcopilot.io", "emcopilot.specimen", "emcopilot.analysis", "emcopilot.pipeline",
+          "emcopilot.cli")
 #: what a run is made of (loop, stages, run folder, batch, report, commands): plugins never need it
-PRODUCT = ("emcopilot.api", "emcopilot.batch", "emcopilot.cli", "emcopilot.demo", "emcopilot.loop",
-           "emcopilot.models", "emcopilot.report", "emcopilot.rundir", "emcopilot.stages")
+PRODUCT = ("emcopilot.pipeline", "emcopilot.cli")
+
+
+def _layer(module: str) -> int | None:
+    for rank, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return rank
+    return None
 
 
 def _modules() -> dict[str, Path]:
@@ -98,8 +107,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read():
     graph = _graph()
-    assert "emcopilot.stages" in graph["emcopilot.loop"]
-    assert "emcopilot.interfaces" in graph["emcopilot_plugins.segmenters.unet"]
+    assert "emcopilot.pipeline.stages" in graph["emcopilot.pipeline.loop"]
+    assert "emcopilot.core.interfaces" in graph["emcopilot_plugins.segmenters.unet"]
 
 
 def test_no_import_cycles():
@@ -115,6 +124,24 @@ def test_nothing_below_the_command_line_imports_it():
                  if not module.startswith("emcopilot.cli") and module != "emcopilot.__main__"  # the entry point
                  and any(edge.startswith("emcopilot.cli") for edge in edges)}
     assert offenders == {}
+
+
+def test_every_module_of_the_package_is_in_a_layer():
+    loose = {module for module in _modules() if module.startswith("emcopilot.") and _layer(module) is None}
+    # the public API's re-exports, the entry point, the conformance kit and the napari plugin sit on top
+    assert loose == {"emcopilot.__main__", "emcopilot.testing", "emcopilot.napari", "emcopilot.napari._reader",
+                     "emcopilot.napari._widget", "emcopilot.napari.layers"}
+
+
+def test_no_layer_imports_one_above_it():
+    offenders = {module: sorted(edge for edge in edges if (_layer(edge) or 0) > _layer(module))
+                 for module, edges in _graph(packages_too=True).items() if _layer(module) is not None}
+    assert {module: edges for module, edges in offenders.items() if edges} == {}
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert _layer("emcopilot.core.recipe") < _layer("emcopilot.pipeline.loop")
+    assert _layer("emcopilot.testing") is None
 
 
 def test_plugins_use_the_library_not_the_product():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from emcopilot import Micrograph, ReadError
-from emcopilot.interfaces import InputError
-from emcopilot.io import expand_inputs, read_micrograph, read_micrographs, to_nm
+from emcopilot.core.interfaces import InputError
+from emcopilot.io.readers import expand_inputs, read_micrograph, read_micrographs, to_nm
 
 # pixel sizes of the format examples (nm/px), to 4 significant digits
 FORMAT_PIXEL_SIZES_NM = {
@@ -64,7 +64,7 @@ def test_directory_names_files_no_reader_takes(tmp_path, caplog):
     (tmp_path / "notes.txt").write_text("dose 20 e/A2")
     (tmp_path / "frame.npy").write_bytes(b"")
     (tmp_path / ".DS_Store").write_bytes(b"")
-    with caplog.at_level("WARNING", logger="emcopilot.io"):
+    with caplog.at_level("WARNING", logger="emcopilot.io.readers"):
         assert [p.name for p in expand_inputs([tmp_path])] == ["a.png"]
     [warning] = [r.getMessage() for r in caplog.records]
     assert "skipped 2 file(s)" in warning and "frame.npy, notes.txt" in warning and ".DS_Store" not in warning
@@ -231,7 +231,7 @@ def test_both_angstrom_characters(angstrom):
 
 
 def test_input_names_are_file_names_unless_two_inputs_share_one(tmp_path):
-    from emcopilot.io import input_names
+    from emcopilot.io.readers import input_names
     paths = [tmp_path / "run1" / "A" / "x.png", tmp_path / "run2" / "A" / "x.png", tmp_path / "B" / "y.png",
              tmp_path / "C" / "x.tif"]
     assert input_names(paths) == ["run1/A/x.png", "run2/A/x.png", "y.png", "x.tif"]
@@ -240,7 +240,7 @@ def test_input_names_are_file_names_unless_two_inputs_share_one(tmp_path):
 
 def test_input_names_scale_and_survive_a_file_given_twice(tmp_path):
     import time
-    from emcopilot.io import input_names
+    from emcopilot.io.readers import input_names
     same = tmp_path / "A" / "x.png"
     assert input_names([same, same]) == [same.as_posix()] * 2
     paths = [tmp_path / f"d{i % 100}" / f"f{i}.png" for i in range(20000)] + [tmp_path / "d1" / "f0.png"]
@@ -255,7 +255,7 @@ def test_folder_scans_name_what_they_skip_and_read_sub_folders_on_request(tmp_pa
 
     import imageio.v3 as iio
 
-    from emcopilot.io import expand_inputs, read_micrographs
+    from emcopilot.io.readers import expand_inputs, read_micrographs
 
     image = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
@@ -266,7 +266,7 @@ def test_folder_scans_name_what_they_skip_and_read_sub_folders_on_request(tmp_pa
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     (tmp_path / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # a folder loop
-    with caplog.at_level(logging.WARNING, logger="emcopilot.io"):
+    with caplog.at_level(logging.WARNING, logger="emcopilot.io.readers"):
         flat = expand_inputs([tmp_path])
     assert [p.name for p in flat] == ["a.png", "broken.png", "loop1", "loop2"]
     assert "skipped 1 sub-folder(s) (give --recursive to read them): sub" in caplog.text

@@ -9,9 +9,9 @@ from hypothesis import given, settings, strategies as st
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from emcopilot.errors import InputError
-from emcopilot.layout import Layout, LayoutSpec, sample_layout
-from emcopilot.recipe import Sample
+from emcopilot.core.errors import InputError
+from emcopilot.specimen.layout import Layout, LayoutSpec, sample_layout
+from emcopilot.core.recipe import Sample
 
 
 def _adjacent_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -96,7 +96,7 @@ def test_clusters_are_compact_groups_of_atoms():
 
 
 def test_a_cluster_is_one_solid_region_and_neighbours_stay_apart():
-    from emcopilot.layout import cluster_outline, cluster_outlines
+    from emcopilot.specimen.layout import cluster_outline, cluster_outlines
 
     rows, cols = np.mgrid[:64, :64]
     ring = np.zeros((64, 64), bool)  # six atoms round an empty centre, disks of half the spacing

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("torch")
 
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.demo import make_experiment  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
+from emcopilot.pipeline.demo import make_experiment  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
 
 TINY = """\
 name: tiny-haadf

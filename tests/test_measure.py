@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.errors import InputError
-from emcopilot.measure import columns, mask_file_name, particle_table, write_outputs
+from emcopilot.core.errors import InputError
+from emcopilot.analysis.measure import columns, mask_file_name, particle_table, write_outputs
 
 
 def two_objects():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from emcopilot.errors import CheckpointError, InputError, PluginError
-from emcopilot.interfaces import Micrograph
-from emcopilot.plugins import get_registry
+from emcopilot.core.errors import CheckpointError, InputError, PluginError
+from emcopilot.core.interfaces import Micrograph
+from emcopilot.core.plugins import get_registry
 from emcopilot_plugins.metrics.image import LPIPS, PSNR, SSIM, RealismGap, normalise_intensity
 
 

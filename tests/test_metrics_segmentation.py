@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from emcopilot import Instances
-from emcopilot.errors import InputError
-from emcopilot.evaluate import Objects, box_iou, match
-from emcopilot.plugins import get_registry
+from emcopilot.core.errors import InputError
+from emcopilot.analysis.evaluate import Objects, box_iou, match
+from emcopilot.core.plugins import get_registry
 
 
 def metric(name, **params):

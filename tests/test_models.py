@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from emcopilot import __version__  # noqa: E402
-from emcopilot.errors import EmcopilotError  # noqa: E402
-from emcopilot.interfaces import Instances, TrainBudget  # noqa: E402
-from emcopilot.models import load_model, read_manifest, save_model  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.errors import EmcopilotError  # noqa: E402
+from emcopilot.core.interfaces import Instances, TrainBudget  # noqa: E402
+from emcopilot.pipeline.models import load_model, read_manifest, save_model  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 SAMPLE = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.2, "diameter_nm": [1.5, 6.0]})
 PARAMS = {"depth": 1, "width": 2, "min_score": 0.3}

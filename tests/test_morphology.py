@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.errors import InputError
-from emcopilot.morphology import MorphologyPrior, normalised_outline
-from emcopilot.recipe import Sample
+from emcopilot.core.errors import InputError
+from emcopilot.specimen.morphology import MorphologyPrior, normalised_outline
+from emcopilot.core.recipe import Sample
 
 SAMPLE = Sample.from_dict({"kind": "particles", "diameter_nm": [1.0, 8.0], "working_pixel_size_nm": 0.2,
                            "material_z": 46, "support_z": 14})
@@ -109,7 +109,7 @@ def test_points_count_towards_density_and_separation():
 
 
 def test_layout_spec_and_sample_draw_from_the_prior():
-    pytest.importorskip("emcopilot.layout")
+    pytest.importorskip("emcopilot.specimen.layout")
     labels, image = ellipses(seed=3)
     prior = MorphologyPrior.fit([Instances(labels=labels)], [Micrograph(image, pixel_size_nm=0.2)], sample=SAMPLE)
     spec = prior.layout_spec()
@@ -125,7 +125,7 @@ def test_layout_spec_and_sample_draw_from_the_prior():
 
 
 def test_density_counts_support_area_not_vacuum():
-    from emcopilot.morphology import support_fraction
+    from emcopilot.specimen.morphology import support_fraction
 
     labels, image = ellipses(seed=2)
     labels[:, 200:] = 0

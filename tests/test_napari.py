@@ -27,11 +27,11 @@ if _PROBLEM:
                 allow_module_level=True)
 
 import emcopilot  # noqa: E402
-from emcopilot.demo import make_experiment  # noqa: E402
+from emcopilot.pipeline.demo import make_experiment  # noqa: E402
 from emcopilot.napari._reader import get_reader  # noqa: E402
 from emcopilot.napari._widget import CorrectionsWidget, MeasureWidget  # noqa: E402
-from emcopilot.recipe import load_recipe  # noqa: E402
-from emcopilot.stages import _load_instances  # noqa: E402
+from emcopilot.core.recipe import load_recipe  # noqa: E402
+from emcopilot.pipeline.stages import _load_instances  # noqa: E402
 
 from test_loop import tiny_recipe  # noqa: E402
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.optimize import curve_fit
 
-from emcopilot.errors import InputError
-from emcopilot.interfaces import Micrograph, PhysicsAdapter
-from emcopilot.layout import Layout, LayoutSpec, sample_layout
-from emcopilot.params import ParamsProblem
-from emcopilot.plugins import build_registry
+from emcopilot.core.errors import InputError
+from emcopilot.core.interfaces import Micrograph, PhysicsAdapter
+from emcopilot.specimen.layout import Layout, LayoutSpec, sample_layout
+from emcopilot.core.params import ParamsProblem
+from emcopilot.core.plugins import build_registry
 from emcopilot_plugins import physics as physics_plugin
 from emcopilot_plugins.generators import background, physical as physical_plugin
 from emcopilot_plugins.physics import effects
@@ -360,7 +360,7 @@ def _round_trip(kind, fitted, spec, pixel_size_nm, count, dose_e_per_A2, offset_
     Returns (fitted values, layouts, micrographs, the fresh model, rng)."""
     from types import SimpleNamespace
 
-    from emcopilot.interfaces import Micrograph
+    from emcopilot.core.interfaces import Micrograph
 
     sample = SimpleNamespace(kind=kind, modality="haadf-stem")
     truth = REGISTRY.get("generator", "physical").create(truth_params, sample)
@@ -442,7 +442,7 @@ def test_real_support_bank_empties_the_particles_and_renders_new_ones_on_it(tmp_
     """``support: real``: the bank keeps the real support (its grains) without prior or missed particles."""
     from types import SimpleNamespace
 
-    from emcopilot.interfaces import Micrograph
+    from emcopilot.core.interfaces import Micrograph
 
     sample = SimpleNamespace(kind="particles", modality="haadf-stem")
     rng = np.random.default_rng(11)
@@ -515,7 +515,7 @@ def test_emptied_particles_take_the_supports_own_correlated_texture():
 def test_real_support_crops_show_support_not_vacuum():
     from types import SimpleNamespace
 
-    from emcopilot.interfaces import Micrograph
+    from emcopilot.core.interfaces import Micrograph
 
     rng = np.random.default_rng(2)
     data = rng.normal(50, 3, (1100, 1100))  # vacuum ...

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from emcopilot.interfaces import Micrograph
-from emcopilot.io import read_micrograph
-from emcopilot.layout import LayoutSpec, sample_layout
-from emcopilot.plugins import build_registry
+from emcopilot.core.interfaces import Micrograph
+from emcopilot.io.readers import read_micrograph
+from emcopilot.specimen.layout import LayoutSpec, sample_layout
+from emcopilot.core.plugins import build_registry
 from emcopilot_plugins import physics as physics_plugin
 from emcopilot_plugins.generators import physical as physical_plugin
 

@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from emcopilot.errors import CheckpointError, InputError  # noqa: E402
-from emcopilot.interfaces import Generator, Micrograph, TrainBudget  # noqa: E402
-from emcopilot.layout import LayoutSpec, sample_layout  # noqa: E402
-from emcopilot.params import validate_params  # noqa: E402
+from emcopilot.core.errors import CheckpointError, InputError  # noqa: E402
+from emcopilot.core.interfaces import Generator, Micrograph, TrainBudget  # noqa: E402
+from emcopilot.specimen.layout import LayoutSpec, sample_layout  # noqa: E402
+from emcopilot.core.params import validate_params  # noqa: E402
 from emcopilot_plugins.generators.pix2pix import PARAMS, make_pix2pix  # noqa: E402
 from emcopilot_plugins.generators.pix2pix.data import condition_channels  # noqa: E402
 
@@ -237,7 +237,7 @@ def test_listing_the_plugin_imports_no_torch():
 
 
 def test_registered_with_the_declared_params():
-    from emcopilot.plugins import get_registry
+    from emcopilot.core.plugins import get_registry
 
     component = get_registry().get("generator", "pix2pix")
     assert component.params["select_by"].default == "ssim"
@@ -250,7 +250,7 @@ def test_registered_with_the_declared_params():
 def test_safetensors_whose_header_length_looks_like_a_pickle_still_loads(tmp_path, header_px):
     from safetensors.torch import load_file
 
-    from emcopilot.checkpoint import _check_safetensors_bytes
+    from emcopilot.core.checkpoint import _check_safetensors_bytes
 
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     header += b" " * (header_px - len(header))  # safetensors pads its header with spaces

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.measure import particle_table
-from emcopilot.pixel_size import (ESTIMATOR_LOG_SD, MIN_CREDIBLE_OBJECTS, apply_pixel_size, estimate_pixel_size,
+from emcopilot.analysis.measure import particle_table
+from emcopilot.specimen.pixel_size import (ESTIMATOR_LOG_SD, MIN_CREDIBLE_OBJECTS, apply_pixel_size, estimate_pixel_size,
                                   image_record, resolve_pixel_size)
-from emcopilot.report import run_warnings
-from emcopilot.statistics import size_statistics
+from emcopilot.pipeline.report import run_warnings
+from emcopilot.analysis.statistics import size_statistics
 
 from test_priors import PARTICLES, disks_image
 
@@ -73,7 +73,7 @@ def test_the_scale_uncertainty_widens_the_interval_of_the_mean_not_the_mean():
 
 
 def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(monkeypatch, tmp_path, capsys):
-    import emcopilot.loop
+    import emcopilot.pipeline.loop
     from emcopilot.cli import main
 
     statistics = {"unit": "nm", "pooled": {"detected": 12, "mean": 3.0, "ci": {"mean": [2.9, 3.1]},
@@ -87,11 +87,11 @@ def test_the_summary_line_gives_both_intervals_and_names_images_left_in_pixels(m
             pass
 
         def run(self):
-            return emcopilot.loop.RunResult(out=tmp_path, micrographs=[None, None], instances=[], table=None,
+            return emcopilot.pipeline.loop.RunResult(out=tmp_path, micrographs=[None, None], instances=[], table=None,
                                             statistics=statistics, errors=[],
                                             run_info={"images": images})
 
-    monkeypatch.setattr(emcopilot.loop, "Loop", FakeLoop)
+    monkeypatch.setattr(emcopilot.pipeline.loop, "Loop", FakeLoop)
     assert main(["run", "nanoparticles-haadf", "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "95% CI [2.9, 3.1] from sampling; [1, 9] with the estimated scale, +/- 77 %" in printed

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.errors import InputError, PluginError
-from emcopilot.morphology import dominant_diameter_px, estimate_pixel_size_nm
-from emcopilot.plugins import get_registry
-from emcopilot.recipe import Sample
+from emcopilot.core.errors import InputError, PluginError
+from emcopilot.specimen.morphology import dominant_diameter_px, estimate_pixel_size_nm
+from emcopilot.core.plugins import get_registry
+from emcopilot.core.recipe import Sample
 
 PARTICLES = Sample.from_dict({"kind": "particles", "diameter_nm": [1.5, 6.0], "working_pixel_size_nm": 0.2})
 ATOMS = Sample.from_dict({"kind": "atoms", "diameter_nm": [0.08, 0.2], "working_pixel_size_nm": 0.03})
@@ -58,7 +58,7 @@ def test_classical_finds_disks_with_their_size_on_a_gradient():
     image, centres = disks_image(gradient=2.0)
     instances = extractor("classical").extract(Micrograph(image, pixel_size_nm=0.2))
     assert instances.labels.shape == image.shape and instances.count == len(centres)
-    from emcopilot.measure import particle_table
+    from emcopilot.analysis.measure import particle_table
     table = particle_table(instances, Micrograph(image, pixel_size_nm=0.2))
     found = table[["y", "x"]].to_numpy()
     assert matched(found, centres, 2.0) == len(centres)
@@ -94,7 +94,7 @@ def test_classical_empty_image_gives_no_objects_and_a_warning(caplog):
 
 def test_size_filters_follow_the_nm_range_not_pixels():
     image, _ = disks_image(radius_px=6.0, seed=4)
-    from emcopilot.measure import particle_table
+    from emcopilot.analysis.measure import particle_table
     small = Micrograph(image, pixel_size_nm=0.2)   # disks are 2.4 nm: inside [1.5, 6]
     large = Micrograph(image, pixel_size_nm=1.0)   # disks are 12 nm: outside
     assert extractor("classical").extract(small).count == 12

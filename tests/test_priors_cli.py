@@ -100,7 +100,7 @@ def test_extract_estimates_missing_calibration(tmp_path):
 # --------------------------------------------------------------------------- development data
 
 def _f1(predicted, truth, radius):
-    from emcopilot.evaluate import Objects, match
+    from emcopilot.analysis.evaluate import Objects, match
     matching = match(Objects("points", points=predicted), Objects("points", points=truth), radius_px=radius)
     precision = matching.tp / max(1, len(predicted))
     recall = matching.tp / max(1, len(truth))
@@ -109,10 +109,10 @@ def _f1(predicted, truth, radius):
 
 @pytest.mark.shared_data
 def test_atoms_on_acstem_dev_beat_the_reference(shared_data):
-    from emcopilot.evaluate import read_points_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.plugins import get_registry
-    from emcopilot.recipe import load_recipe
+    from emcopilot.analysis.evaluate import read_points_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.core.plugins import get_registry
+    from emcopilot.core.recipe import load_recipe
 
     recipe = load_recipe("single-atom-catalyst-haadf")
     extractor = get_registry().get("prior_extractor", "atoms").create({}, recipe.sample)
@@ -128,9 +128,9 @@ def test_atoms_on_acstem_dev_beat_the_reference(shared_data):
 
 @pytest.mark.shared_data
 def test_scale_estimate_on_ardagen_dev_within_1_5x(shared_data):
-    from emcopilot.evaluate import read_yolo_truth
-    from emcopilot.io import read_micrograph
-    from emcopilot.morphology import dominant_diameter_px
+    from emcopilot.analysis.evaluate import read_yolo_truth
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.specimen.morphology import dominant_diameter_px
 
     for name, bright in (("Pt2", True), ("PtW6", True), ("PtC1", False)):
         micrograph = read_micrograph(shared_data / "ardagen-dev" / "images" / f"{name}.jpg")[0]

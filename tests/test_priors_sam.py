@@ -8,9 +8,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segment_anything")
 
 from emcopilot import Micrograph  # noqa: E402
-from emcopilot.errors import CheckpointError, PluginError  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.errors import CheckpointError, PluginError  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 from emcopilot_plugins.priors.filtering import masks_to_labels  # noqa: E402
 from emcopilot_plugins.priors.sam import architecture, tile_starts  # noqa: E402
 

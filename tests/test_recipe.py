@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from emcopilot import RecipeError
-from emcopilot.recipe import load_recipe
+from emcopilot.core.recipe import load_recipe
 from tests.conftest import GOOD_RECIPE
 
 

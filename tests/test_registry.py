@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 from emcopilot import PluginError, hookimpl, hookspecs
-from emcopilot.plugins import SLOTS, PluginHost, build_registry, get_registry
+from emcopilot.core.plugins import SLOTS, PluginHost, build_registry, get_registry
 from tests.conftest import FakePlugin
 
 
@@ -55,7 +55,7 @@ def test_a_name_two_plugins_register_is_disabled_and_both_are_listed():
 
 
 def test_a_plugin_that_takes_a_built_in_name_is_listed_and_the_built_in_kept():
-    from emcopilot.plugins import Origin
+    from emcopilot.core.plugins import Origin
 
     class Impostor:
         @hookimpl
@@ -148,7 +148,7 @@ def test_import_failure_is_listed_with_distribution(monkeypatch):
         def load(self):
             return FakePlugin()
 
-    monkeypatch.setattr("emcopilot.plugins.entry_points", lambda group: [FailingEntryPoint(), GoodEntryPoint()])
+    monkeypatch.setattr("emcopilot.core.plugins.entry_points", lambda group: [FailingEntryPoint(), GoodEntryPoint()])
     host = PluginHost()
     host.load_entry_points()
     registry = host.collect()
@@ -204,7 +204,7 @@ def test_builtins_register_through_entry_points():
 
 
 def test_a_malformed_shipped_recipe_is_left_out_and_every_other_recipe_works(tmp_path):
-    from emcopilot.recipe import load_recipe, recipe_index
+    from emcopilot.core.recipe import load_recipe, recipe_index
 
     folder = tmp_path / "recipes"
     folder.mkdir()
@@ -220,7 +220,7 @@ def test_a_malformed_shipped_recipe_is_left_out_and_every_other_recipe_works(tmp
 
     host = PluginHost()
     host.load_entry_points()
-    from emcopilot.plugins import Origin
+    from emcopilot.core.plugins import Origin
     host.add(Ships(), Origin("ships", "ships", "acme-recipes", "1.0"))
     registry = host.collect()
     index = recipe_index(registry)

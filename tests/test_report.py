@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from emcopilot import Instances, Micrograph
-from emcopilot.report import write_report
-from emcopilot.statistics import size_statistics
+from emcopilot.pipeline.report import write_report
+from emcopilot.analysis.statistics import size_statistics
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -50,7 +50,7 @@ def test_report_is_self_contained(tmp_path):
 def test_objects_of_one_size_get_a_histogram_without_a_fitted_curve():
     import warnings
 
-    from emcopilot.report import histogram_figure
+    from emcopilot.pipeline.report import histogram_figure
 
     table = pd.DataFrame([dict(image="a.tif", id=k + 1, x=10 + 15 * k, y=40, bbox_x0=7 + 15 * k, bbox_y0=37,
                                bbox_x1=14 + 15 * k, bbox_y1=44, area_px=37.0, eq_diameter_px=6.9,
@@ -88,7 +88,7 @@ def test_report_renders_in_headless_browser(tmp_path):
 
 
 def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
-    from emcopilot.report import run_warnings
+    from emcopilot.pipeline.report import run_warnings
 
     statistics = {"unit": "nm", "pooled": {"median": 1.6},
                   "per_image": {"a.tif": {"detected": 12}, "b.tif": {"detected": 0}}}
@@ -118,7 +118,7 @@ def test_warnings_say_what_to_distrust_and_how_to_fix_it(tmp_path):
 def test_thumbnails_link_full_resolution_overlays_with_the_tables_ids_and_scale_bars(tmp_path):
     import imageio.v3 as iio
 
-    from emcopilot.report import nice_length
+    from emcopilot.pipeline.report import nice_length
 
     text = make_report(tmp_path).read_text()
     links = re.findall(r'<a href="(overlays/[^"]+\.png)"><img', text)
@@ -135,7 +135,7 @@ def test_thumbnails_link_full_resolution_overlays_with_the_tables_ids_and_scale_
 def test_self_training_gets_its_own_training_curve(monkeypatch):
     import matplotlib.figure
 
-    from emcopilot.report import curves_figure
+    from emcopilot.pipeline.report import curves_figure
 
     drawn = []
     original = matplotlib.figure.Figure.subplots
@@ -147,7 +147,7 @@ def test_self_training_gets_its_own_training_curve(monkeypatch):
 
 
 def test_single_atoms_are_reported_by_count_and_fitted_profile_not_by_a_disk_size(tmp_path):
-    from emcopilot.report import run_warnings
+    from emcopilot.pipeline.report import run_warnings
 
     atoms = {"unit": "nm", "pooled": {"median": 0.2}, "per_image": {"a.tif": {"detected": 30}}}
     common = dict(statistics=atoms, images={"a.tif": {"pixel_size_source": "file"}}, diameter_nm=(0.08, 0.2),

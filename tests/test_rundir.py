@@ -7,7 +7,9 @@ import signal
 
 import pytest
 
-from emcopilot.rundir import RunDirectory, RunLockedError, atomic_path, digest, read_json, write_json
+from emcopilot.pipeline.rundir import RunDirectory, RunLockedError
+
+from emcopilot.core.files import atomic_path, digest, read_json, write_json
 
 
 def hold_lock(root, ready, release):
@@ -89,7 +91,7 @@ def test_interrupted_stage_is_recomputed(tmp_path):
 def test_errors_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
     import csv
 
-    from emcopilot.rundir import write_errors
+    from emcopilot.core.files import write_errors
 
     write_errors(tmp_path / "errors.csv", [("=cmd|'/c calc'!A1.png", "unreadable"), ("plain.png", "-1 pixels")])
     with open(tmp_path / "errors.csv", newline="") as handle:
@@ -100,8 +102,8 @@ def test_errors_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
 def test_a_failed_stage_write_leaves_no_partial_file(tmp_path, monkeypatch):
     import numpy as np
 
-    from emcopilot.interfaces import Instances
-    from emcopilot.stages import _save_instances
+    from emcopilot.core.interfaces import Instances
+    from emcopilot.pipeline.stages import _save_instances
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from emcopilot import scale_bar
-from emcopilot.io import read_micrograph
-from emcopilot.scale_bar import find_scale_bar, parse_label
+from emcopilot.io.readers import read_micrograph
+from emcopilot.io.scale_bar import find_scale_bar, parse_label
 
 
 def export(tmp_path, name="export.png", *, length_px=137, thick_px=6, bright=True, text="10 nm", side=(600, 800),

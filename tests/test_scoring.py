@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from emcopilot import Instances
-from emcopilot.errors import InputError
-from emcopilot.plugins import get_registry
-from emcopilot.scoring import MOSAIC_GAP_PX, headline, mosaic, score
+from emcopilot.core.errors import InputError
+from emcopilot.core.plugins import get_registry
+from emcopilot.pipeline.scoring import MOSAIC_GAP_PX, headline, mosaic, score
 
 
 def disks(centres, shape=(40, 40), radius=4):
@@ -63,8 +63,8 @@ def test_each_metric_scores_what_it_compares_and_a_failure_is_recorded():
 
 
 def test_a_metric_must_say_what_it_compares(tmp_path):
-    from emcopilot.errors import PluginError
-    from emcopilot.plugins import Origin, Registry, _make_register
+    from emcopilot.core.errors import PluginError
+    from emcopilot.core.plugins import Origin, Registry, _make_register
 
     register = _make_register(Registry(), "metric", Origin("x", "x", None, None))
     with pytest.raises(PluginError, match="must compare one of instances, image pairs, image sets"):

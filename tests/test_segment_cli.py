@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from emcopilot import Instances  # noqa: E402
 from emcopilot.cli import main  # noqa: E402
-from emcopilot.interfaces import TrainBudget  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.interfaces import TrainBudget  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 
 def _disks(size=64, seed=0):
@@ -37,7 +37,7 @@ def model_dir(tmp_path):
 
 
 def test_segment_writes_outputs_that_evaluate_reads(model_dir, tmp_path, capsys):
-    pytest.importorskip("emcopilot.measure")
+    pytest.importorskip("emcopilot.analysis.measure")
     import imageio.v3 as iio
     import pandas as pd
 
@@ -68,8 +68,8 @@ def test_segment_writes_outputs_that_evaluate_reads(model_dir, tmp_path, capsys)
 def test_an_uncalibrated_image_gets_the_scale_run_would_estimate(model_dir, tmp_path):
     import imageio.v3 as iio
     import pandas as pd
-    from emcopilot.io import read_micrograph
-    from emcopilot.morphology import estimate_pixel_size_nm
+    from emcopilot.io.readers import read_micrograph
+    from emcopilot.specimen.morphology import estimate_pixel_size_nm
 
     image, _ = _disks(seed=1)
     iio.imwrite(tmp_path / "a.png", np.clip(np.tile(image, (2, 2)), 0, 255).astype(np.uint8))  # 12 disks
@@ -130,7 +130,7 @@ def test_a_broken_model_config_is_one_line_naming_the_file(model_dir, tmp_path, 
 
 
 def test_a_model_saved_with_the_old_sample_key_still_loads(model_dir):
-    from emcopilot.models import load_model
+    from emcopilot.pipeline.models import load_model
     config = json.loads((model_dir / "config.json").read_text())
     config["sample"]["pixel_size_nm"] = config["sample"].pop("working_pixel_size_nm")
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -143,7 +143,7 @@ def test_classical_segmenter_is_the_classical_extractor(tmp_path):
     if "classical" not in registry.components["prior_extractor"]:
         pytest.skip("the classical prior extractor is not installed")
     from emcopilot import Micrograph
-    from emcopilot.models import load_model
+    from emcopilot.pipeline.models import load_model
 
     sample = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
     segmenter = registry.get("segmenter", "classical").create({}, sample)
@@ -160,7 +160,7 @@ def test_classical_segmenter_is_the_classical_extractor(tmp_path):
 
 def test_param_overrides_reach_the_segmenter_and_are_recorded(model_dir, tmp_path, capsys):
     import imageio.v3 as iio
-    from emcopilot.batch import cached_model
+    from emcopilot.pipeline.batch import cached_model
     from emcopilot.cli.segment import parse_params
 
     assert parse_params(["test_time_flips=4", "normalise_percentiles=[1, 99]", "device=cpu"]) == {
@@ -208,7 +208,7 @@ def test_inputs_that_share_a_name_keep_their_own_rows_and_masks(model_dir, tmp_p
     assert sorted(run["images"]) == ["A/x.png", "B/x.png", "a b.png", "a_b.png"]
     assert len(list((out / "masks").iterdir())) == 4
     for name in ("A/x.png", "B/x.png", "a b.png", "a_b.png"):
-        from emcopilot.measure import mask_file_name
+        from emcopilot.analysis.measure import mask_file_name
         mask = tifffile.imread(out / "masks" / mask_file_name(name))
         assert len(np.unique(mask[mask > 0])) == (table["image"] == name).sum()
 
@@ -217,7 +217,7 @@ def test_segment_again_into_the_same_out_keeps_only_this_runs_outputs_and_is_loc
     import imageio.v3 as iio
     import pandas as pd
 
-    from emcopilot.rundir import RunDirectory
+    from emcopilot.pipeline.rundir import RunDirectory
 
     image, _ = _disks(seed=2)
     for name in ("a", "b"):

@@ -1,12 +1,12 @@
-"""emcopilot.scale: working-grid planning, resampling, mapping instances back."""
+"""emcopilot.specimen.scale: working-grid planning, resampling, mapping instances back."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from emcopilot.errors import InputError
-from emcopilot.scale import (labels_to_original, plan_scaling, points_to_original, points_to_working, to_working,
+from emcopilot.core.errors import InputError
+from emcopilot.specimen.scale import (labels_to_original, plan_scaling, points_to_original, points_to_working, to_working,
                              to_working_labels)
 
 

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from emcopilot import Instances, Micrograph  # noqa: E402
-from emcopilot.errors import CheckpointError, EmcopilotError, InputError  # noqa: E402
-from emcopilot.evaluate import match  # noqa: E402
-from emcopilot.interfaces import TrainBudget  # noqa: E402
-from emcopilot.plugins import get_registry  # noqa: E402
-from emcopilot.recipe import Sample  # noqa: E402
+from emcopilot.core.errors import CheckpointError, EmcopilotError, InputError  # noqa: E402
+from emcopilot.analysis.evaluate import match  # noqa: E402
+from emcopilot.core.interfaces import TrainBudget  # noqa: E402
+from emcopilot.core.plugins import get_registry  # noqa: E402
+from emcopilot.core.recipe import Sample  # noqa: E402
 
 PARTICLES = Sample.from_dict({"kind": "particles", "working_pixel_size_nm": 0.1, "diameter_nm": [0.8, 1.5]})
 ATOMS = Sample.from_dict({"kind": "atoms", "working_pixel_size_nm": 0.03, "diameter_nm": [0.08, 0.2]})
@@ -97,7 +97,7 @@ def toy_clusters(seed: int, size: int = 112, count: int = 6):
     """Groups of 3-6 Gaussian atoms (sigma 1.3 px, 7 px apart: Pt at 0.04 nm/px) on a noisy background;
     labels are the closed outlines of atom disks of half the atom spacing, as the layout sampler draws
     clusters."""
-    from emcopilot.layout import cluster_outline
+    from emcopilot.specimen.layout import cluster_outline
 
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[:size, :size]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from emcopilot.statistics import describe, lognormal_mle, miles_lantuejoul_weights, size_statistics
+from emcopilot.analysis.statistics import describe, lognormal_mle, miles_lantuejoul_weights, size_statistics
 
 
 @settings(max_examples=25, deadline=None)

@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from .. import __version__
-from ..errors import EmcopilotError
+from ..core.errors import EmcopilotError
 
 COMMANDS = ("plugins", "recipes", "validate", "extract", "run", "segment", "evaluate", "demo")
 
@@ -63,8 +63,8 @@ def read_calibration_arguments(args, inputs=()):
     Table rows that match none of ``inputs`` are named in a warning (a misspelt file name would
     otherwise leave that image uncalibrated without a word).
     """
-    from ..calibration import read_calibration_table
-    from ..errors import InputError
+    from ..io.calibration import read_calibration_table
+    from ..core.errors import InputError
 
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
         raise InputError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")

@@ -16,8 +16,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from ..demo import run_demo
-    from ..scoring import headline
+    from ..pipeline.demo import run_demo
+    from ..pipeline.scoring import headline
     scores = run_demo(args.out, args.recipe, progress=not args.no_progress)
     found = []
     for name, values in scores.items():

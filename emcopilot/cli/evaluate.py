@@ -35,8 +35,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from ..errors import InputError
-    from ..evaluate import EvaluationSettings, evaluate_run, format_table
+    from ..core.errors import InputError
+    from ..analysis.evaluate import EvaluationSettings, evaluate_run, format_table
 
     for name in ("radius_px", "radius_nm", "pixel_size_nm"):
         value = getattr(args, name)

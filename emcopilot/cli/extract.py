@@ -1,7 +1,7 @@
 """``emcopilot extract RECIPE --input PATH... --out DIR``: run the recipe's prior extractor only.
 
 Writes to ``--out``: ``particles.csv`` and ``particles.parquet`` (the particle table, docs/particle-table.md),
-``masks/<image>.tif``, ``prior.json`` (the :class:`~emcopilot.morphology.MorphologyPrior`
+``masks/<image>.tif``, ``prior.json`` (the :class:`~emcopilot.specimen.morphology.MorphologyPrior`
 fitted to everything found), ``run.json`` (recipe, extractor, per-image pixel size and
 its source, counts, timings) and, when inputs failed, ``errors.csv``. Images
 without calibration get an estimated pixel size (logged, recorded in ``run.json``)
@@ -28,9 +28,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from ..api import extract
-    from ..errors import InputError
-    from ..io import expand_inputs
+    from ..pipeline.api import extract
+    from ..core.errors import InputError
+    from ..io.readers import expand_inputs
 
     # listed once: a folder's unreadable files are reported once
     paths = expand_inputs(args.input, recursive=args.recursive)

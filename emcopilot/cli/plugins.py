@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..plugins import SLOTS, get_registry
+from ..core.plugins import SLOTS, get_registry
 
 
 def add_parser(subparsers):
@@ -32,7 +32,7 @@ def _param_line(key: str, description: dict) -> str:
 
 
 def run(args) -> int:
-    from ..recipe import recipe_index
+    from ..core.recipe import recipe_index
 
     registry = get_registry()
     recipe_index(registry)  # a shipped recipe that cannot be read is listed under its plugin too

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..recipe import recipe_index
+from ..core.recipe import recipe_index
 
 
 def add_parser(subparsers):

@@ -32,9 +32,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from ..loop import Loop
-    from ..recipe import load_recipe
-    from ..io import expand_inputs
+    from ..pipeline.loop import Loop
+    from ..core.recipe import load_recipe
+    from ..io.readers import expand_inputs
     recipe = load_recipe(args.recipe)
     # the folders are listed again by the loop; here only to warn of table rows that match no input
     listed = expand_inputs(args.input, recursive=args.recursive) if args.calibration else ()
@@ -57,7 +57,7 @@ def run(args) -> int:
     print(f"{len(result.micrographs)} micrograph(s), {detected} objects; "
           f"mean diameter {pooled.get('mean', float('nan')):.3g} {unit} "
           f"({interval}) -> {result.out / 'report.html'}")
-    from ..scoring import headline
+    from ..pipeline.scoring import headline
     scores = headline(result.run_info.get("metrics") or {})
     if scores:
         print(scores)

@@ -2,7 +2,7 @@
 
 The model folder (``model/`` of a run, or a segmenter's ``save``) holds the
 manifest ``model.json`` naming the segmenter plugin, its params and the recipe's
-``sample:`` block (:mod:`emcopilot.models`); the segmenter is rebuilt from it
+``sample:`` block (:mod:`emcopilot.pipeline.models`); the segmenter is rebuilt from it
 (``--param NAME=VALUE`` overrides one of its saved parameters for this batch)
 and loads its weights.
 Writes the particle table and masks (docs/particle-table.md): ``particles.csv``/``.parquet``, ``masks/``,
@@ -41,7 +41,7 @@ def add_parser(subparsers):
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
     """``["a=1", "b=[1, 99]"]`` -> ``{"a": 1, "b": [1, 99]}`` (values read with the safe YAML loader)."""
     import yaml
-    from ..errors import InputError
+    from ..core.errors import InputError
 
     params: dict[str, Any] = {}
     for item in items:
@@ -57,10 +57,10 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 
 def run(args) -> int:
-    from ..api import segment
-    from ..batch import cached_model
-    from ..errors import InputError
-    from ..io import expand_inputs
+    from ..pipeline.api import segment
+    from ..pipeline.batch import cached_model
+    from ..core.errors import InputError
+    from ..io.readers import expand_inputs
 
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..recipe import load_recipe
+from ..core.recipe import load_recipe
 
 
 def add_parser(subparsers):

@@ -15,7 +15,7 @@ def get_reader(path: Any) -> Callable | None:
 
 
 def read_run(path: Any) -> list:
-    from ..api import load_run
+    from ..pipeline.api import load_run
     from .layers import result_layers
     if isinstance(path, (list, tuple)):
         path = path[0]

@@ -69,7 +69,7 @@ class MeasureWidget(_Worker):
 
     def __init__(self, napari_viewer: Any):
         super().__init__(napari_viewer, labels=True)
-        from ..recipe import recipe_index
+        from ..core.recipe import recipe_index
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.model = FileEdit(label="model folder", mode="d", value="")
         self.segment_button = PushButton(text="Segment image")
@@ -93,7 +93,7 @@ class MeasureWidget(_Worker):
         return Path(text) if text not in ("", ".") else None
 
     def segment(self, *_: Any) -> None:
-        from ..api import segment
+        from ..pipeline.api import segment
         layer, model = self.image.value, Path(str(self.model.value))
         if layer is None:
             self.status.value = "open an image first"
@@ -104,7 +104,7 @@ class MeasureWidget(_Worker):
                    self.add_result)
 
     def run(self, *_: Any) -> None:
-        from ..api import run
+        from ..pipeline.api import run
         micrographs = [L.layer_micrograph(layer) for layer in self._image_layers()]
         if not micrographs:
             self.status.value = "open images first"

@@ -13,10 +13,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..api import Result
-from ..corrections import CORRECTIONS_DIR
-from ..errors import EmcopilotError, InputError
-from ..interfaces import Micrograph
+from ..pipeline.api import Result
+from ..pipeline.corrections import CORRECTIONS_DIR
+from ..core.errors import EmcopilotError, InputError
+from ..core.interfaces import Micrograph
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def input_micrographs(result: Result) -> dict[str, Micrograph]:
     ``run.json`` that can still be read (in-memory inputs cannot be; a missing file is logged)."""
     if result.micrographs is not None:
         return {m.name: m for m in result.micrographs}
-    from ..inputs import gather
+    from ..io.inputs import gather
     paths = [Path(entry["path"]) for entry in result.run_info.get("inputs", []) if entry.get("path")]
     found: dict[str, Micrograph] = {}
     if not paths:
@@ -90,7 +90,7 @@ def result_layers(result: Result) -> list[LayerData]:
 
 def layer_pixel_size_nm(layer: Any) -> float | None:
     """The pixel size in nm of an image layer whose scale is in a length unit (else ``None``: uncalibrated)."""
-    from ..io import to_nm
+    from ..io.readers import to_nm
     units = getattr(layer, "units", None)
     unit = str(units[-1]) if units is not None and len(units) else ""
     scale = float(layer.scale[-1])
@@ -130,8 +130,8 @@ def save_corrections(layers: Iterable[Any], out: str | Path) -> list[Path]:
     prior extractor's priors in the next round (and a correction saved earlier stays)."""
     import tifffile
 
-    from ..measure import mask_file_name
-    from ..rundir import write_label_tiff
+    from ..analysis.measure import mask_file_name
+    from ..core.files import write_label_tiff
     out = Path(out)
     labels = run_labels(layers, out)
     if not labels:
@@ -154,7 +154,7 @@ def save_corrections(layers: Iterable[Any], out: str | Path) -> list[Path]:
 
 def recipe_of(result: Result) -> Any:
     """The recipe a run used: its file where it still exists, else the named recipe."""
-    from ..recipe import load_recipe
+    from ..core.recipe import load_recipe
     recorded = result.run_info.get("recipe") or {}
     source = recorded.get("source")
     if source and Path(source).is_file():
@@ -168,7 +168,7 @@ def next_round(out: str | Path, images: Sequence[Micrograph] | None = None, *, n
                progress: bool = False, **options: Any) -> Result:
     """Run the recipe of run folder ``out`` again with ``out/corrections/`` as priors, into
     ``new_out`` (default ``<out>-corrected``), on ``images`` (default: its input files again)."""
-    from ..api import load_run, run
+    from ..pipeline.api import load_run, run
     result = load_run(out)
     if images is None:
         images = list(input_micrographs(result).values())

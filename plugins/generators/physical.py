@@ -1,6 +1,6 @@
 """The ``physical`` generator: an analytic renderer of clean STEM images (no learning).
 
-From a :class:`~emcopilot.layout.Layout` it renders what a perfect instrument
+From a :class:`~emcopilot.specimen.layout.Layout` it renders what a perfect instrument
 would record, before any probe blur, scan distortion or noise (those belong
 to the physics adapter):
 

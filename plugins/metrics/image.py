@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emcopilot import Param, hookimpl
-from emcopilot.errors import CheckpointError, InputError
+from emcopilot.core.errors import CheckpointError, InputError
 
 #: Percentiles mapped to 0 and 1 by the intensity normalisation.
 NORMALISE_PERCENTILES = (1.0, 99.0)

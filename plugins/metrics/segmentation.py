@@ -2,8 +2,8 @@
 
 Each factory returns ``metric(prediction, truth) -> dict[str, float]``. Inputs
 are :class:`emcopilot.Instances`, integer label images, particle tables or
-:class:`emcopilot.matching.Objects` (boxes / points); the matching itself lives
-in :mod:`emcopilot.matching`, shared with ``emcopilot evaluate``.
+:class:`emcopilot.analysis.matching.Objects` (boxes / points); the matching itself lives
+in :mod:`emcopilot.analysis.matching`, shared with ``emcopilot evaluate``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from emcopilot import Param, hookimpl
 
 
 def _dice(params: dict, sample: Any):
-    from emcopilot.matching import dice_iou
+    from emcopilot.analysis.matching import dice_iou
 
     def dice(prediction: Any, truth: Any) -> dict[str, float]:
         return {"dice": dice_iou(prediction, truth)["dice"]}
@@ -21,7 +21,7 @@ def _dice(params: dict, sample: Any):
 
 
 def _iou(params: dict, sample: Any):
-    from emcopilot.matching import dice_iou
+    from emcopilot.analysis.matching import dice_iou
 
     def iou(prediction: Any, truth: Any) -> dict[str, float]:
         return {"iou": dice_iou(prediction, truth)["iou"]}
@@ -29,7 +29,7 @@ def _iou(params: dict, sample: Any):
 
 
 def _detection(params: dict, sample: Any):
-    from emcopilot.matching import match
+    from emcopilot.analysis.matching import match
 
     def detection(prediction: Any, truth: Any) -> dict[str, float]:
         matching = match(prediction, truth, iou_threshold=params["iou_threshold"],
@@ -43,8 +43,8 @@ def _detection(params: dict, sample: Any):
 
 
 def _size_distribution(params: dict, sample: Any):
-    from emcopilot.errors import InputError
-    from emcopilot.matching import diameters_of, size_distribution
+    from emcopilot.core.errors import InputError
+    from emcopilot.analysis.matching import diameters_of, size_distribution
 
     def size_distribution_metric(prediction: Any, truth: Any) -> dict[str, float]:
         predicted, predicted_unit = diameters_of(prediction, "prediction", prefer_nm=params["prefer_nm"])

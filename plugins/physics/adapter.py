@@ -42,8 +42,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from emcopilot.errors import InputError
-from emcopilot.interfaces import PIXEL_SIZE_RANGE_NM, Micrograph
+from emcopilot.core.errors import InputError
+from emcopilot.core.interfaces import PIXEL_SIZE_RANGE_NM, Micrograph
 
 from . import effects
 from .effects import FWHM_PER_SIGMA

@@ -1,7 +1,7 @@
 """Radiation damage during a frame: single atoms hop or leave, particle edges erode.
 
 Damage changes what the frame shows, so it edits both the clean image and
-the :class:`~emcopilot.layout.Layout` (in place) to keep the labels exact.
+the :class:`~emcopilot.specimen.layout.Layout` (in place) to keep the labels exact.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from emcopilot.layout import Layout
+from emcopilot.specimen.layout import Layout
 
 
 def hop_probability(dose_e_per_A2: float, critical_dose_e_per_A2: float) -> float:

@@ -23,8 +23,8 @@ from scipy import fft as sfft
 from scipy import ndimage
 from scipy.optimize import least_squares
 
-from emcopilot.errors import InputError
-from emcopilot.scale import MIN_WORKING_SIDE_PX
+from emcopilot.core.errors import InputError
+from emcopilot.specimen.scale import MIN_WORKING_SIDE_PX
 
 from .effects import FWHM_PER_SIGMA, jitter_variance_ratio
 

@@ -15,7 +15,7 @@ a strongly uneven background, so detection is relative to the *local* noise:
 5. output: the points, plus a small disk per atom (label ``k + 1`` for point
    ``k``); with ``group_clusters`` atoms closer than ``cluster_distance_nm``
    are merged into one labelled cluster instead: the union of their disks with the gaps
-   between neighbours closed (:func:`emcopilot.outlines.cluster_outline`).
+   between neighbours closed (:func:`emcopilot.specimen.outlines.cluster_outline`).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from emcopilot.interfaces import Instances, Micrograph
-from emcopilot.outlines import cluster_outlines
-from emcopilot.morphology import normalise_image
+from emcopilot.core.interfaces import Instances, Micrograph
+from emcopilot.specimen.outlines import cluster_outlines
+from emcopilot.specimen.morphology import normalise_image
 
 from .scale import image_scale, is_bright
 

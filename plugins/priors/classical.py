@@ -4,7 +4,7 @@ For one micrograph:
 
 1. polarity: dark objects (bright-field) are inverted so objects are bright;
 2. scale: the pixel size from the file, else estimated
-   (:func:`emcopilot.morphology.estimate_pixel_size_nm`); the recipe's
+   (:func:`emcopilot.specimen.morphology.estimate_pixel_size_nm`); the recipe's
    diameter range in nm becomes a range in pixels; the image is block-reduced
    so that a typical object spans about ``working_diameter_px`` pixels
    (faster, and the same filter sizes for every magnification);
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from emcopilot.interfaces import Instances, Micrograph
-from emcopilot.morphology import normalise_image
+from emcopilot.core.interfaces import Instances, Micrograph
+from emcopilot.specimen.morphology import normalise_image
 
 from .filtering import filter_regions, polarity_warning
 from .scale import image_scale, is_bright, robust_noise

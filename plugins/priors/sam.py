@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from emcopilot.errors import CheckpointError, InputError
-from emcopilot.interfaces import Instances, Micrograph
-from emcopilot.morphology import normalise_image
+from emcopilot.core.errors import CheckpointError, InputError
+from emcopilot.core.interfaces import Instances, Micrograph
+from emcopilot.specimen.morphology import normalise_image
 
 from .filtering import filter_regions, masks_to_labels
 from .scale import image_scale, is_bright, robust_noise

@@ -3,7 +3,7 @@
 Parameters come from the recipe's ``sample:`` block (sizes in nm, the particle
 contrast of the modality) so that one recipe serves images at any
 magnification; an uncalibrated image gets its pixel size from
-:func:`emcopilot.morphology.estimate_pixel_size`, recorded in
+:func:`emcopilot.specimen.morphology.estimate_pixel_size`, recorded in
 ``Instances.metadata["pixel_size_nm_estimate"]`` (the value) and
 ``["pixel_size_estimate"]`` (with its uncertainty and whether it is credible).
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from emcopilot.errors import InputError
-from emcopilot.interfaces import Micrograph
+from emcopilot.core.errors import InputError
+from emcopilot.core.interfaces import Micrograph
 
 @dataclass(frozen=True)
 class ImageScale:
@@ -64,7 +64,7 @@ def diameter_range_nm(params: dict, sample: Any) -> tuple[float, float]:
 
 def image_scale(micrograph: Micrograph, params: dict, sample: Any, bright: bool) -> ImageScale:
     """The pixel size (from the file, else estimated) and the size range in pixels."""
-    from emcopilot.morphology import estimate_pixel_size
+    from emcopilot.specimen.morphology import estimate_pixel_size
 
     low_nm, high_nm = diameter_range_nm(params, sample)
     pixel_size_nm, estimate = micrograph.pixel_size_nm, None

@@ -11,10 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from emcopilot.errors import CheckpointError
-from emcopilot.interfaces import Instances, Micrograph, TrainBudget
-from emcopilot.plugins import get_registry
-from emcopilot.recipe import Sample
+from emcopilot.core.errors import CheckpointError
+from emcopilot.core.interfaces import Instances, Micrograph, TrainBudget
+from emcopilot.core.plugins import get_registry
+from emcopilot.core.recipe import Sample
 
 CONFIG_NAME = "config.json"
 

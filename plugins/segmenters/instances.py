@@ -131,7 +131,7 @@ def add_unmatched(labels: np.ndarray, scores: np.ndarray, extra: np.ndarray, ext
     ``k`` keeps score ``k - 1``.
     """
     from skimage.measure import regionprops_table
-    from emcopilot.matching import box_iou
+    from emcopilot.analysis.matching import box_iou
 
     labels = np.asarray(labels, np.int32)
     extra = np.asarray(extra, np.int32)
@@ -169,7 +169,7 @@ def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: floa
     its local maxima at least ``min_distance_px`` apart and rising above the
     support (the median outside every region) by ``fraction`` of the region's
     brightest one are the atoms; the cluster becomes their disks of
-    ``radius_px`` with the gaps closed (:func:`emcopilot.outlines.cluster_outline`),
+    ``radius_px`` with the gaps closed (:func:`emcopilot.specimen.outlines.cluster_outline`),
     as clusters are drawn in the priors and the synthetic labels. The network's
     foreground says where a cluster is; how far it reaches into the probe's blur
     depends on dose, support and blur, the atoms' positions do not. A region
@@ -178,7 +178,7 @@ def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: floa
     from scipy import ndimage
     from skimage.feature import peak_local_max
 
-    from emcopilot.outlines import cluster_outlines
+    from emcopilot.specimen.outlines import cluster_outlines
 
     labels = np.asarray(labels, np.int32)
     count = int(labels.max())

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emcopilot.errors import InputError
+from emcopilot.core.errors import InputError
 
 
 def _norm(channels: int) -> nn.Module:

@@ -44,11 +44,11 @@ from torch.nn import functional as F
 
 from ..physics.effects import FWHM_PER_SIGMA
 
-from emcopilot.checkpoint import load_checkpoint, restore_module, save_checkpoint
-from emcopilot.errors import CheckpointError, EmcopilotError, InputError
-from emcopilot.interfaces import Instances, Micrograph, TrainBudget
-from emcopilot.recipe import Sample
-from emcopilot.scale import labels_to_original, plan_scaling, points_to_original, to_working
+from emcopilot.core.checkpoint import load_checkpoint, restore_module, save_checkpoint
+from emcopilot.core.errors import CheckpointError, EmcopilotError, InputError
+from emcopilot.core.interfaces import Instances, Micrograph, TrainBudget
+from emcopilot.core.recipe import Sample
+from emcopilot.specimen.scale import labels_to_original, plan_scaling, points_to_original, to_working
 
 from . import instances as post
 from .network import UNet, inference_network, resolve_device  # noqa: F401  (importable from here)
@@ -108,7 +108,7 @@ class UNetSegmenter:
     @property
     def sample_atom_radius_nm(self) -> float:
         """Half a bond of the sample's material: the radius of the atom disks clusters are drawn with."""
-        from emcopilot.layout import LayoutSpec
+        from emcopilot.specimen.layout import LayoutSpec
         return float(LayoutSpec.from_sample(self.sample).atom_radius_nm)
 
     @property

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from emcopilot.errors import InputError
+from emcopilot.core.errors import InputError
 
 #: Fewer pairs than this cannot train a generator that generalises.
 MIN_PAIRS = 2

@@ -26,9 +26,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from emcopilot.checkpoint import load_checkpoint, restore_module, save_checkpoint
-from emcopilot.errors import CheckpointError, InputError
-from emcopilot.interfaces import TrainBudget
+from emcopilot.core.checkpoint import load_checkpoint, restore_module, save_checkpoint
+from emcopilot.core.errors import CheckpointError, InputError
+from emcopilot.core.interfaces import TrainBudget
 from emcopilot_plugins.metrics.image import LPIPS, PSNR, SSIM, RealismGap
 
 from . import data
