@@ -5,7 +5,8 @@ import inspect
 
 import pytest
 
-from emcopilot import PluginError, hookimpl, hookspecs
+from emcopilot import PluginError, hookimpl
+from emcopilot.core import hookspecs
 from emcopilot.core.plugins import SLOTS, PluginHost, build_registry, get_registry
 from tests.conftest import FakePlugin
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from emcopilot import scale_bar
+from emcopilot.io import scale_bar
 from emcopilot.io.readers import read_micrograph
 from emcopilot.io.scale_bar import find_scale_bar, parse_label
 
