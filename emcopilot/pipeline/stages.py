@@ -163,14 +163,12 @@ class LoopState:
         write_json(directory / "calibration.json", calibration)
 
     def _calibration_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
-        entry = self._pixel_size_of(micrograph, instances)
+        """The micrograph's pixel size by the one rule of every command, and its scale bar if it has one."""
+        from ..specimen.pixel_size import resolve_pixel_size
+        entry = resolve_pixel_size(micrograph, self.sample, instances)
         if "scale_bar" in micrograph.metadata:  # found in the pixels (and painted over), read or not
             entry["scale_bar"] = micrograph.metadata["scale_bar"]
         return entry
-
-    def _pixel_size_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
-        from ..specimen.pixel_size import resolve_pixel_size
-        return resolve_pixel_size(micrograph, self.sample, instances)
 
     def priors_from_predictions(self, round_index: int):
         def compute(directory: Path) -> None:
