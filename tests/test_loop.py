@@ -185,6 +185,55 @@ def test_unreadable_inputs_are_listed_and_the_run_continues(experiment, tmp_path
     assert "broken.dm4" in errors and (out / "particles.csv").exists()
 
 
+def test_extract_is_the_run_stopped_after_its_prior_and_a_run_goes_on_from_it(experiment, tmp_path):
+    recipe, inputs = experiment
+    out = tmp_path / "out"
+    assert main(["extract", str(recipe), "--input", str(inputs), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["extract@1", "prior@1"]
+    extracted = run_info(out)
+    assert extracted["command"] == "extract" and set(extracted["timings_s"]) >= {"extract@1", "prior@1", "total"}
+    assert all(entry["seconds"] >= 0 for entry in extracted["images"].values())
+    assert (out / "prior.json").is_file() and len(pd.read_csv(out / "particles.csv"))
+    assert run(recipe, inputs, out) == 0  # the same recipe and inputs: the run reuses both stages
+    ran = run_info(out)
+    assert ran["command"] == "run" and set(ran["stages_reused"]) == {"extract@1", "prior@1"}
+    assert not (out / "prior.json").exists()  # extract's output, not among a run's
+    # extract does not write into a run's folder; segment into neither
+    assert main(["extract", str(recipe), "--input", str(inputs), "--out", str(out), "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("command", ["run", "extract"])
+def test_a_micrograph_the_extractor_fails_on_is_an_error_row_and_the_others_go_on(experiment, tmp_path,
+                                                                                   monkeypatch, command):
+    from emcopilot.core.errors import InputError
+    from emcopilot_plugins.priors.classical import ClassicalExtractor
+
+    recipe, inputs = experiment
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    first = sorted(inputs.iterdir())[0]
+    for path in inputs.iterdir():
+        (mixed / path.name).write_bytes(path.read_bytes())
+    (mixed / ("refused_" + first.name)).write_bytes(first.read_bytes())
+    extract = ClassicalExtractor.extract
+
+    def refusing(self, micrograph):
+        if micrograph.name.startswith("refused_"):
+            raise InputError(f"{micrograph.name}: nothing to threshold")
+        return extract(self, micrograph)
+
+    monkeypatch.setattr(ClassicalExtractor, "extract", refusing)
+    out = tmp_path / "out"
+    two = tiny_recipe(tmp_path, rounds=2)  # round 2 finds the files of the micrographs that stayed
+    arguments = ["--input", str(mixed), "--out", str(out), "--no-progress"]
+    assert main([command, str(two), *arguments]) == 3
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors["path"]) == ["refused_" + first.name]
+    assert "the prior extractor failed" in errors["error"][0] and "nothing to threshold" in errors["error"][0]
+    assert set(run_info(out)["images"]) == {p.name for p in inputs.iterdir()}
+    assert len(list((out / "masks").iterdir())) == 2
+
+
 KILL_POINTS = {  # completed stage that is waited for -> stages that must be reused after the restart
     "generator-training": ("adapter@1", {"extract@1", "prior@1", "adapter@1"}),
     "segmenter-training": ("synthesize@1", {"extract@1", "prior@1", "adapter@1", "generator@1", "synthesize@1"}),

@@ -1,11 +1,13 @@
 """``emcopilot extract RECIPE --input PATH... --out DIR``: run the recipe's prior extractor only.
 
-Writes to ``--out``: ``particles.csv`` and ``particles.parquet`` (the particle table, docs/particle-table.md),
-``masks/<image>.tif``, ``prior.json`` (the :class:`~emcopilot.specimen.morphology.MorphologyPrior`
-fitted to everything found), ``run.json`` (recipe, extractor, per-image pixel size and
-its source, counts, timings) and, when inputs failed, ``errors.csv``. Images
-without calibration get an estimated pixel size (logged, recorded in ``run.json``)
-unless ``--pixel-size-nm`` is given. Exit status 3 when some inputs failed.
+It is ``emcopilot run`` stopped after its ``extract`` and ``prior`` stages (kept in
+``--out/stages/``, so a ``run`` of the same recipe and inputs into the same folder goes on
+from them). Writes to ``--out``: ``particles.csv`` and ``particles.parquet`` (the particle
+table, docs/particle-table.md), ``masks/<image>.tif``, ``prior.json`` (the
+:class:`~emcopilot.specimen.morphology.MorphologyPrior` fitted to everything found),
+``run.json`` (recipe, extractor, per-image pixel size and its source, counts, timings) and
+``errors.csv``. Images without calibration get an estimated pixel size (logged, recorded
+in ``run.json``) unless ``--pixel-size-nm`` is given. Exit status 3 when some inputs failed.
 """
 from __future__ import annotations
 

@@ -281,68 +281,20 @@ def extract(recipe: Any, images: Any, out: str | Path | None = None, *, pixel_si
             calibration: Any = None, progress: bool = True, recursive: bool = False,
             scale_bar_nm: float | None = None) -> Result:
     """The recipe's prior extractor only, as ``emcopilot extract``: masks, the particle table and
-    ``prior.json`` (the morphology prior). An image without a scale gets an estimated one."""
-    from tqdm.auto import tqdm
+    ``prior.json`` (the morphology prior). An image without a scale gets an estimated one.
 
-    from ..io.inputs import gather
-    from ..analysis.measure import mask_file_name, write_outputs
-    from ..specimen.morphology import MorphologyPrior
-    from ..specimen.pixel_size import apply_pixel_size, image_record, resolve_pixel_size
+    It is :func:`run` stopped after its first two stages (``extract``, ``prior``): the same inputs,
+    pixel sizes, stage folders and ``run.json`` schema, so ``run`` with the same recipe and
+    inputs into the same ``out`` goes on from there. A micrograph the extractor fails on is a row
+    of ``errors.csv``; the others go on."""
+    from .loop import Loop
     from ..core.recipe import Recipe, load_recipe
-    from ..core.plugins import get_registry
-    from .rundir import RunDirectory, refuse_run_folder, remove_stale_outputs, write_run_json
-    from ..core.files import write_errors, write_text
-
-    started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    extractor = recipe.prior_extractor.create(recipe.sample)
-    pixel_size_nm, calibration = _pixel_size(pixel_size_nm), _calibration(calibration)
-    inputs = gather(images, recursive=recursive)
-    errors: list[tuple[str, str]] = []
-    micrographs = []
-    for item in inputs:
-        try:
-            micrographs += item.read(pixel_size_nm, calibration, scale_bar_nm)
-        except EmcopilotError as error:
-            log.warning("%s", error)
-            errors.append((item.label, str(error)))
-    if not micrographs and not errors:
-        raise InputError(f"images {_short(images)}: no supported image files found")
     folder = _out(out, "extract")
-    refuse_run_folder(folder, "extract")
-    with RunDirectory(folder):  # one command at a time per folder
-        done, found, info = [], [], {}
-        for micrograph in tqdm(micrographs, desc=f"extract ({recipe.prior_extractor.plugin})",
-                               disable=not progress, leave=False):
-            image_started = time.perf_counter()
-            try:
-                instances = extractor.extract(micrograph)
-            except EmcopilotError as error:
-                errors.append((micrograph.name, str(error)))
-                continue
-            apply_pixel_size(micrograph, resolve_pixel_size(micrograph, recipe.sample, instances))
-            if instances.count == 0:
-                log.warning("%s: the %s extractor found nothing", micrograph.name, recipe.prior_extractor.plugin)
-            done.append(micrograph)
-            found.append(instances)
-            info[micrograph.name] = image_record(
-                micrograph, objects=instances.count, seconds=time.perf_counter() - image_started,
-                extractor_report={k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))})
-        table = write_outputs(folder, done, found)
-        if done:
-            prior = MorphologyPrior.fit(found, done, sample=recipe.sample)
-            write_text(folder / "prior.json", prior.to_json())
-        write_errors(folder / "errors.csv", errors)  # as every command: maybe empty, never an earlier run's
-        remove_stale_outputs(folder, [mask_file_name(m.name) for m in done])
-        if not done and (folder / "prior.json").exists():
-            (folder / "prior.json").unlink()
-        origin = get_registry().get("prior_extractor", recipe.prior_extractor.plugin).origin
-        write_run_json(folder, "extract", recipe=recipe.as_dict(),
-                       plugins={"prior_extractor": {"name": recipe.prior_extractor.plugin,
-                                                    "distribution": origin.distribution, "version": origin.version}},
-                       inputs=[item.record() for item in inputs], images=info, errors=errors,
-                       timings_s={"total": time.perf_counter() - started})
-    return Result(folder, table=table, micrographs=[m for m in done])
+    loop_result = Loop(recipe, images, folder, pixel_size_nm=_pixel_size(pixel_size_nm),
+                       calibration=_calibration(calibration), progress=progress, recursive=recursive,
+                       scale_bar_nm=scale_bar_nm).extract()
+    return Result(folder, table=loop_result.table, micrographs=loop_result.micrographs)
 
 
 def segment(model: str | Path, images: Any, out: str | Path | None = None, *, pixel_size_nm: float | None = None,

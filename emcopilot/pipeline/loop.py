@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from . import stages
+from . import outputs, stages
 from ..core.errors import EmcopilotError, InputError, ReadError
 from ..core.interfaces import Micrograph, TrainBudget
 from ..io.inputs import gather
@@ -83,6 +83,7 @@ class Loop:
         self.priors_from = Path(priors_from) if priors_from is not None else None
         self.corrections: dict[int, Path] = {}  # micrograph index -> its hand-corrected labels
         self.priors_record: dict[str, Any] = {}
+        self.errors: list[tuple[str, str]] = []  # (input, why it is not in the results)
 
     # ----------------------------------------------------------------- helpers
 
@@ -180,9 +181,26 @@ class Loop:
     # ----------------------------------------------------------------- run
 
     def run(self) -> RunResult:
+        """Every stage of every round: the particle table of the trained segmenter, statistics,
+        the model and the report."""
+        return self._execute(until=None)
+
+    def extract(self) -> RunResult:
+        """``emcopilot extract``: the same runner stopped after the first round's ``prior`` stage. The
+        priors' particle table and masks and the morphology prior (``prior.json``) are the outputs; a
+        later ``run`` of the same recipe on the same inputs into the same folder reuses both stages."""
+        return self._execute(until="prior")
+
+    def _execute(self, until: str | None) -> RunResult:
+        from ..analysis.measure import mask_file_name
+        from .rundir import remove_stale_outputs
+
+        command = "run" if until is None else "extract"
         started = time.perf_counter()
         with RunDirectory(self.out) as run:
-            micrographs, errors, records = self.read_inputs(run)
+            if until is not None:
+                refuse_later_stages(run.root, until, command)
+            micrographs, self.errors, records = self.read_inputs(run)
             # what they hold, not where they are
             contents = sorted((Path(r["path"]).name if r["path"] else f"{r['name']} ({r['kind']})", r["sha256"])
                               for r in records)
@@ -199,35 +217,69 @@ class Loop:
                 base["corrections"] = sorted((name, entry["sha256"])
                                              for name, entry in self.priors_record["corrected"].items())
             state = stages.LoopState(self, run, micrographs)
-            for round_index in range(1, int(self.recipe.train["rounds"]) + 1):
-                state.run_round(round_index, base)
-            result = state.finish(errors)
-            result.run_info = {"metrics": state.metrics}
+            rounds = 1 if until is not None else int(self.recipe.train["rounds"])
+            for round_index in range(1, rounds + 1):
+                state.run_round(round_index, base, until)
+            result = outputs.write_run_outputs(state) if until is None else outputs.write_extract_outputs(state)
+            result.errors = list(self.errors)
+            remove_stale_outputs(run.root, [mask_file_name(m.name) for m in result.micrographs])
             self.timings["total"] = round(time.perf_counter() - started, 3)
             result.timings = dict(self.timings)
-            result.run_info = self.write_run_json(run, result, records, errors)
-            state.report(result, title=f"emcopilot run: {self.recipe.name}", notes=self.notes(errors))
+            if until is None:
+                result.run_info = self.write_run_json(run, result, records, state.metrics)
+                outputs.write_run_report(state, result, title=f"emcopilot run: {self.recipe.name}",
+                                         notes=self.notes(self.errors))
+            else:
+                result.run_info = self.write_extract_json(run, result, records, state)
             return result
+
+    def add_errors(self, errors: list[tuple[str, str]]) -> None:
+        """Micrographs that left the run after it started (the prior extractor failed on them), in
+        ``errors.csv`` beside the inputs that could not be read."""
+        self.errors = [*self.errors, *errors]
+        write_errors(self.out / "errors.csv", self.errors)
 
     def notes(self, errors) -> list[str]:
         notes = [f"Recipe {self.recipe.name!r}, profile {self.profile_name!r}, "
                  f"{self.recipe.train['rounds']} round(s), seed {self.seed}."]
         if errors:
-            notes.append(f"{len(errors)} input(s) could not be read; see errors.csv.")
+            notes.append(f"{len(errors)} input(s) could not be read or measured; see errors.csv.")
         if self.corrections:
             notes.append(f"Not label-free: the priors of {len(self.corrections)} micrograph(s) are hand-corrected "
                          f"label images from {self.priors_from} (run.json: priors).")
         return notes
 
     def write_run_json(self, run: RunDirectory, result: RunResult, records: list[dict[str, Any]],
-                       errors: list[tuple[str, str]]) -> dict[str, Any]:
+                       metrics: dict[str, Any]) -> dict[str, Any]:
         from ..specimen.pixel_size import image_record
         images = {m.name: image_record(m, objects=instances.count)
                   for m, instances in zip(result.micrographs, result.instances)}
         return write_run_json(
             run.root, "run", recipe=self.recipe.as_dict(), plugins=self.plugin_versions(), inputs=records,
-            images=images, errors=errors, timings_s=self.timings, seeds={"train": self.seed},
+            images=images, errors=result.errors, timings_s=self.timings, seeds={"train": self.seed},
             profile={"name": self.profile_name, **self.profile}, priors=self.priors_record,
             stage_keys=self.keys, stages_reused=self.reused,
             statistics=result.statistics.get("pooled", {}),
-            metrics=result.run_info.get("metrics", {}))  # the label-free scores of the last round
+            metrics=metrics)  # the label-free scores of the last round
+
+    def write_extract_json(self, run: RunDirectory, result: RunResult, records: list[dict[str, Any]],
+                           state: "stages.LoopState") -> dict[str, Any]:
+        from ..specimen.pixel_size import image_record
+        images = {}
+        for micrograph, instances, seconds in zip(result.micrographs, result.instances, state.extract_seconds()):
+            report = {k: v for k, v in instances.metadata.items() if isinstance(v, (int, float, str))}
+            images[micrograph.name] = image_record(micrograph, objects=instances.count, seconds=seconds,
+                                                   extractor_report=report)
+        plugin = self.plugin_versions()["prior_extractor"]
+        return write_run_json(run.root, "extract", recipe=self.recipe.as_dict(), plugins={"prior_extractor": plugin},
+                              inputs=records, images=images, errors=result.errors, timings_s=self.timings)
+
+
+def refuse_later_stages(out: Path, until: str, command: str) -> None:
+    """``extract`` does not write into the folder of a run that went past its stages (it would mix the
+    priors' table with the run's)."""
+    done = {path.name.split("@")[0] for path in (Path(out) / "stages").glob("*@*") if path.is_dir()}
+    later = sorted(done - set(STAGES[:STAGES.index(until) + 1]), key=STAGES.index)
+    if later:
+        raise EmcopilotError(f"--out {out} holds an emcopilot run (stages {', '.join(later)}); {command} would "
+                             f"mix its outputs with the run's: choose another folder")

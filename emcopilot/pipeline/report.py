@@ -321,7 +321,7 @@ def run_warnings(*, histories: Mapping[str, Any], statistics: Mapping[str, Any],
         warnings.append(f"No size in nm is reported for {len(refused)} image(s) whose estimated scale is not "
                         f"credible: " + "; ".join(f"{name}: {reason}" for name, reason in list(refused.items())[:5])
                         + (" ..." if len(refused) > 5 else "") + ". Their tables are in pixels; give their "
-                        f"pixel size with --calibration table.csv.")
+                        "pixel size with --calibration table.csv.")
     median = statistics.get("pooled", {}).get("median")
     if kind != "atoms" and statistics.get("unit") == "nm" and median and len(diameter_nm) == 2:
         low, high = (float(v) for v in diameter_nm)

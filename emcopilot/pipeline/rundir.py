@@ -45,10 +45,10 @@ def remove_stale_outputs(out: Path, masks: Iterable[str], parts: Iterable[str] =
 
 
 def refuse_run_folder(out: Path, command: str) -> None:
-    """``segment`` and ``extract`` do not write into the folder of an ``emcopilot run``."""
+    """``segment`` does not write into the folder of an ``emcopilot run`` or ``extract`` (their stages)."""
     if (Path(out) / "stages").is_dir():
-        raise EmcopilotError(f"--out {out} holds an emcopilot run (stages/); {command} would mix its outputs "
-                             f"with the run's: choose another folder")
+        raise EmcopilotError(f"--out {out} holds an emcopilot run or extract (stages/); {command} would mix its "
+                             f"outputs with theirs: choose another folder")
 
 
 class RunDirectory:
@@ -118,13 +118,6 @@ class RunDirectory:
         """What a later stage's key holds of a completed ``stage``: its key and the generation of its outputs."""
         marker = read_json(self.stage_dir(stage) / "key.json")
         return digest({"key": marker.get("key"), "generation": marker.get("generation")})
-
-    def invalidate_from(self, stages: list[str], first: str) -> None:
-        """Forget ``first`` and every later stage (``--force STAGE``)."""
-        for stage in stages[stages.index(first):]:
-            marker = self.stage_dir(stage) / "key.json"
-            if marker.exists():
-                marker.unlink()
 
 
 #: ``run.json["schema"]``: every command writes the same top-level fields (:func:`write_run_json`).

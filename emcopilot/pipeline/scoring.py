@@ -23,6 +23,9 @@ twin; the loop has none here and records them as skipped, with the reason. A
 metric that fails on what it is given is recorded with its error; the run goes
 on. Instances of many images are scored as one mosaic (images side by side with
 an empty gap), so counts pool over images as a detection score should.
+
+:func:`metrics_stage` is the loop's ``metrics`` stage; :func:`score` scores any such
+comparisons with the given metrics.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..core.errors import EmcopilotError
-from ..core.interfaces import Instances
+from ..core.files import read_json, write_json
+from ..core.interfaces import Instances, Micrograph
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +130,68 @@ def headline(metrics: Mapping[str, Any]) -> str | None:
         if f1 is not None:
             parts.append(f"F1 {f1:.2f} {words}")
     return "label-free: " + ", ".join(parts) if parts else None
+
+
+# --------------------------------------------------------------------------- the loop's metrics stage
+
+def held_out_count(synthetic_images: int) -> int:
+    """How many held-out synthetic micrographs the label-free scores use: an eighth of the training
+    set, at least 4 and at most 16."""
+    return int(min(16, max(4, synthetic_images // 8)))
+
+
+def metrics_stage(state, round_index: int):
+    """The ``metrics`` stage of round ``round_index`` of a loop (``state``: its
+    :class:`~emcopilot.pipeline.stages.LoopState`): the three comparisons above, scored with the
+    recipe's metrics, written to ``metrics.json``."""
+    def compute(directory) -> None:
+        loop = state.loop
+        metrics = metric_components(state)
+        held_out = []
+        if any(compares == "instances" for _, compares, _ in metrics):
+            count = held_out_count(int(loop.profile["synthetic_images"]))
+            images, labels, points = state.render(round_index, count,
+                                                  np.random.default_rng([loop.seed, round_index, 2]),
+                                                  "held-out synthetic")
+            segmenter = loop.component("segmenter")
+            segmenter.load(state.stage_dir("segmenter", round_index) / "model")
+            atomistic = state.sample.kind == "atoms"
+            for image, label, point in zip(images, labels, points):
+                truth = Instances(labels=label, points=point if atomistic else None)
+                predicted = segmenter.predict(Micrograph(image, pixel_size_nm=state.working_px, name="held-out"))
+                held_out.append((comparable(state, predicted), comparable(state, truth)))
+        # on the working grid, where every image has the same pixel size (one matching radius)
+        real = [(comparable(state, p, scaling), comparable(state, q, scaling))
+                for p, q, scaling in zip(state.predictions, state.priors, state.scalings())]
+        synthetic, _ = state.load_synthetic(round_index)
+        write_json(directory / "metrics.json", score(
+            metrics, held_out=held_out, real=real, synthetic_images=list(synthetic[:16]),
+            real_images=[m.data for m in state.working_images()][:16]))
+    return compute
+
+
+def load_metrics(state, round_index: int) -> None:
+    state.metrics = read_json(state.stage_dir("metrics", round_index) / "metrics.json")
+
+
+def comparable(state, instances: Instances, scaling=None) -> Instances:
+    """Atoms as points, everything else as a label image, on the working grid (``scaling``: from
+    a micrograph's own grid), with the working pixel size for metrics in nm."""
+    from ..specimen.scale import points_to_working, to_working_labels
+    metadata = {"pixel_size_nm": state.working_px}
+    if state.sample.kind == "atoms" and instances.points is not None:
+        points = instances.points if scaling is None else points_to_working(instances.points, scaling)
+        return Instances(points=points, metadata=metadata)
+    labels = instances.labels if scaling is None else to_working_labels(instances.labels, scaling)
+    return Instances(labels=labels, metadata=metadata)
+
+
+def metric_components(state) -> list[tuple[str, str, Any]]:
+    """(key, what it compares, metric) for each of the recipe's metrics; a second use of a plugin is ``name#2``."""
+    out, seen = [], {}
+    for choice in state.loop.recipe.metrics:
+        seen[choice.plugin] = seen.get(choice.plugin, 0) + 1
+        key = choice.plugin if seen[choice.plugin] == 1 else f"{choice.plugin}#{seen[choice.plugin]}"
+        compares = state.loop.registry.get("metric", choice.plugin).compares or "instances"
+        out.append((key, compares, choice.create(state.sample, state.loop.registry)))
+    return out

@@ -1,22 +1,25 @@
-"""The stages of :mod:`emcopilot.pipeline.loop`, one method each.
+"""The stages of :mod:`emcopilot.pipeline.loop`, declared once (:data:`PIPELINE`).
 
 Every stage reads what earlier stages wrote (so a resumed run and a fresh run
-take identical paths) and writes its own outputs atomically.
+take identical paths) and writes its own outputs atomically. The ``metrics``
+stage is in :mod:`.scoring`; what a finished run writes at the top of its
+folder is in :mod:`.outputs`.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
 from ..core.errors import EmcopilotError, InputError
 from ..core.interfaces import Instances, Micrograph
-from .models import read_manifest, save_model, write_manifest
+from .models import save_model
 from .rundir import RunDirectory
 from ..core.files import atomic_path, read_json, write_json
+from .scoring import load_metrics, metrics_stage
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,6 @@ def _load_instances(path: Path) -> Instances:
     return Instances(labels=labels, points=points, scores=scores, metadata=read_json(path.with_suffix(".json")))
 
 
-def held_out_count(synthetic_images: int) -> int:
-    """How many held-out synthetic micrographs the label-free scores use: an eighth of the training
-    set, at least 4 and at most 16."""
-    return int(min(16, max(4, synthetic_images // 8)))
-
-
 def _progress(items, description: str, enabled: bool):
     from tqdm.auto import tqdm
     return tqdm(items, desc=description, disable=not enabled, leave=False)
@@ -96,6 +93,10 @@ class LoopState:
 
     def __init__(self, loop, run: RunDirectory, micrographs: list[Micrograph]):
         self.loop, self.run, self.micrographs = loop, run, micrographs
+        # each micrograph's number in the stage folders' file names: its place among the micrographs
+        # read, kept when a micrograph the prior extractor failed on leaves the run
+        self.numbers = list(range(len(micrographs)))
+        self.failed: list[tuple[str, str]] = []  # (micrograph, why the prior extractor failed on it)
         self.sample = loop.recipe.sample
         self.working_px = float(self.sample.working_pixel_size_nm)
         self.priors: list[Instances] = []
@@ -106,15 +107,17 @@ class LoopState:
 
     # ------------------------------------------------------------ round
 
-    def run_round(self, round_index: int, base: dict[str, Any]) -> None:
-        """Run one round: every stage of :data:`PIPELINE` in order, each keyed by exactly what its
-        outputs depend on (the keys of the stages it needs and its own settings)."""
+    def run_round(self, round_index: int, base: dict[str, Any], until: str | None = None) -> None:
+        """Run one round: every stage of :data:`PIPELINE` in order (up to and including ``until``), each
+        keyed by exactly what its outputs depend on (the keys of the stages it needs and its own settings)."""
         for stage in PIPELINE:
             needs = {need: self.loop.keys[f"{need}@{round_index}"] for need in stage.needs}
             depends = {**needs, **stage.settings(self, round_index, base)}
             self.loop.stage(self.run, stage.name, round_index, depends, stage.compute(self, round_index))
             if stage.load is not None:
                 stage.load(self, round_index)
+            if stage.name == until:
+                return
 
     # what each stage's outputs depend on besides the stages it needs (see PIPELINE)
 
@@ -146,21 +149,41 @@ class LoopState:
     def stage_dir(self, name: str, round_index: int) -> Path:
         return self.run.stage_dir(f"{name}@{round_index}")
 
+    def file(self, directory: Path, index: int) -> Path:
+        """The file of the ``index``-th micrograph of the run in a stage folder."""
+        return directory / f"{self.numbers[index]:05d}.npz"
+
     # ------------------------------------------------------------ extract
 
     def extract(self, directory: Path) -> None:
+        """The priors of every micrograph; one the extractor fails on (an :class:`EmcopilotError`) is
+        recorded in ``failed.json`` and leaves the run (:meth:`load_priors`), the others go on."""
+        import time
+
         from .corrections import read_correction
         extractor = None  # built only for micrographs without a hand correction
-        calibration = {}
+        calibration, failed, seconds = {}, {}, {}
         for index, micrograph in enumerate(_progress(self.micrographs, "extract priors", self.loop.progress)):
-            if index in self.loop.corrections:
-                instances = read_correction(self.loop.corrections[index], micrograph, self.sample.kind)
+            started = time.perf_counter()
+            number = self.numbers[index]
+            if number in self.loop.corrections:
+                instances = read_correction(self.loop.corrections[number], micrograph, self.sample.kind)
             else:
                 extractor = extractor or self.loop.component("prior_extractor")
-                instances = extractor.extract(micrograph)
-            _save_instances(directory / f"{index:05d}.npz", instances)
+                try:
+                    instances = extractor.extract(micrograph)
+                except EmcopilotError as error:
+                    message = str(error)  # without the name it usually starts with: errors.csv names it
+                    message = message[len(micrograph.name) + 2:] if message.startswith(f"{micrograph.name}: ") else message
+                    log.warning("%s: the prior extractor failed: %s", micrograph.name, message)
+                    failed[str(number)] = message
+                    continue
+            _save_instances(self.file(directory, index), instances)
             calibration[micrograph.name] = self._calibration_of(micrograph, instances)
+            seconds[str(number)] = round(time.perf_counter() - started, 3)
         write_json(directory / "calibration.json", calibration)
+        write_json(directory / "failed.json", failed)
+        write_json(directory / "seconds.json", seconds)
 
     def _calibration_of(self, micrograph: Micrograph, instances: Instances) -> dict[str, Any]:
         """The micrograph's pixel size by the one rule of every command, and its scale bar if it has one."""
@@ -176,28 +199,45 @@ class LoopState:
             calibration = read_json(self.stage_dir("extract", round_index - 1) / "calibration.json")
             previous = self.stage_dir("extract", round_index - 1)
             for index, micrograph in enumerate(self.micrographs):
-                if index in self.loop.corrections:  # what a person drew stays the prior of its micrograph
-                    _save_instances(directory / f"{index:05d}.npz", _load_instances(previous / f"{index:05d}.npz"))
+                if self.numbers[index] in self.loop.corrections:  # what a person drew stays its prior
+                    _save_instances(self.file(directory, index), _load_instances(self.file(previous, index)))
                     continue
-                kept = confident(_load_instances(source / f"{index:05d}.npz"), micrograph.shape,
-                                 CONFIDENT_SCORE)
+                kept = confident(_load_instances(self.file(source, index)), micrograph.shape, CONFIDENT_SCORE)
                 if kept.count == 0:  # nothing confident: this image keeps its earlier priors
                     log.info("%s: no confident prediction in round %d; keeping its earlier priors",
                              micrograph.name, round_index - 1)
-                    kept = _load_instances(previous / f"{index:05d}.npz")
-                _save_instances(directory / f"{index:05d}.npz", kept)
+                    kept = _load_instances(self.file(previous, index))
+                _save_instances(self.file(directory, index), kept)
             write_json(directory / "calibration.json", calibration)
         return compute
 
     def load_priors(self, round_index: int) -> None:
         directory = self.stage_dir("extract", round_index)
+        failed = read_json(directory / "failed.json") if (directory / "failed.json").exists() else {}
+        if failed:  # those micrographs leave the run; the run goes on with the others
+            self.failed = [(m.name, f"{m.name}: the prior extractor failed: {failed[str(number)]}")
+                           for m, number in zip(self.micrographs, self.numbers) if str(number) in failed]
+            kept = [i for i, number in enumerate(self.numbers) if str(number) not in failed]
+            self.micrographs = [self.micrographs[i] for i in kept]
+            self.numbers = [self.numbers[i] for i in kept]
+            self.loop.add_errors(self.failed)
+        if not self.micrographs:
+            raise EmcopilotError(f"the prior extractor failed on every micrograph ({self.failed[0][1]}); "
+                                 f"see {self.run.root / 'errors.csv'}")
         calibration = read_json(directory / "calibration.json")
         self.loop.calibration = calibration
         from ..specimen.pixel_size import apply_pixel_size
         for micrograph in self.micrographs:  # an estimate not credible is a working scale only: sizes in px
             apply_pixel_size(micrograph, calibration[micrograph.name])
         self._working = None
-        self.priors = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
+        self.priors = [_load_instances(self.file(directory, i)) for i in range(len(self.micrographs))]
+
+    def extract_seconds(self) -> list[float | None]:
+        """Per micrograph, the seconds its prior took in round 1 (``None`` from a stage folder of an earlier
+        version, which did not record them)."""
+        path = self.stage_dir("extract", 1) / "seconds.json"
+        seconds = read_json(path) if path.exists() else {}
+        return [seconds.get(str(number)) for number in self.numbers]
 
     # ------------------------------------------------------------ fits
 
@@ -340,117 +380,13 @@ class LoopState:
             segmenter = self.loop.component("segmenter")
             segmenter.load(self.stage_dir("segmenter", round_index) / "model")
             for index, micrograph in enumerate(_progress(self.micrographs, "segment", self.loop.progress)):
-                _save_instances(directory / f"{index:05d}.npz", segmenter.predict(micrograph))
+                _save_instances(self.file(directory, index), segmenter.predict(micrograph))
         return compute
-
-    # ------------------------------------------------------------ label-free scores
-
-    def score(self, round_index: int):
-        def compute(directory: Path) -> None:
-            from .scoring import score
-            metrics = self.metric_components()
-            held_out = []
-            if any(compares == "instances" for _, compares, _ in metrics):
-                count = held_out_count(int(self.loop.profile["synthetic_images"]))
-                images, labels, points = self.render(round_index, count,
-                                                     np.random.default_rng([self.loop.seed, round_index, 2]),
-                                                     "held-out synthetic")
-                segmenter = self.loop.component("segmenter")
-                segmenter.load(self.stage_dir("segmenter", round_index) / "model")
-                atomistic = self.sample.kind == "atoms"
-                for image, label, point in zip(images, labels, points):
-                    truth = Instances(labels=label, points=point if atomistic else None)
-                    predicted = segmenter.predict(Micrograph(image, pixel_size_nm=self.working_px, name="held-out"))
-                    held_out.append((self.comparable(predicted), self.comparable(truth)))
-            # on the working grid, where every image has the same pixel size (one matching radius)
-            real = [(self.comparable(p, scaling), self.comparable(q, scaling))
-                    for p, q, scaling in zip(self.predictions, self.priors, self.scalings())]
-            synthetic, _ = self.load_synthetic(round_index)
-            write_json(directory / "metrics.json", score(
-                metrics, held_out=held_out, real=real, synthetic_images=list(synthetic[:16]),
-                real_images=[m.data for m in self.working_images()][:16]))
-        return compute
-
-    def comparable(self, instances: Instances, scaling=None) -> Instances:
-        """Atoms as points, everything else as a label image, on the working grid (``scaling``: from
-        a micrograph's own grid), with the working pixel size for metrics in nm."""
-        from ..specimen.scale import points_to_working, to_working_labels
-        metadata = {"pixel_size_nm": self.working_px}
-        if self.sample.kind == "atoms" and instances.points is not None:
-            points = instances.points if scaling is None else points_to_working(instances.points, scaling)
-            return Instances(points=points, metadata=metadata)
-        labels = instances.labels if scaling is None else to_working_labels(instances.labels, scaling)
-        return Instances(labels=labels, metadata=metadata)
-
-    def metric_components(self) -> list[tuple[str, str, Any]]:
-        """(key, what it compares, metric) for each of the recipe's metrics; a second use of a plugin is ``name#2``."""
-        out, seen = [], {}
-        for choice in self.loop.recipe.metrics:
-            seen[choice.plugin] = seen.get(choice.plugin, 0) + 1
-            key = choice.plugin if seen[choice.plugin] == 1 else f"{choice.plugin}#{seen[choice.plugin]}"
-            compares = self.loop.registry.get("metric", choice.plugin).compares or "instances"
-            out.append((key, compares, choice.create(self.sample, self.loop.registry)))
-        return out
-
-    def load_metrics(self, round_index: int) -> None:
-        self.metrics = read_json(self.stage_dir("metrics", round_index) / "metrics.json")
 
     def load_predictions(self, round_index: int) -> None:
         directory = self.stage_dir("segment", round_index)
-        self.predictions = [_load_instances(directory / f"{i:05d}.npz") for i in range(len(self.micrographs))]
+        self.predictions = [_load_instances(self.file(directory, i)) for i in range(len(self.micrographs))]
         self.final_round = round_index
-
-    # ------------------------------------------------------------ outputs
-
-    def finish(self, errors):
-        from ..analysis.measure import write_outputs
-        from ..analysis.statistics import size_statistics
-        out = self.run.root
-        table = write_outputs(out, self.micrographs, self.predictions)
-        images = {m.name: _image_info(m, self.loop.calibration.get(m.name, {})) for m in self.micrographs}
-        statistics = size_statistics(table, images, seed=self.loop.seed)
-        write_json(out / "statistics.json", statistics)
-        _copy_tree(self.stage_dir("segmenter", self.final_round) / "model", out / "model")
-        # the trained model with the settings this run segmented with (inference-only ones may have
-        # changed since it was trained)
-        choice = self.loop.recipe.segmenter
-        trained = read_manifest(out / "model")
-        write_manifest(out / "model", plugin=choice.plugin, params=choice.params, sample=self.loop.recipe.sample,
-                       registry=self.loop.registry, working_pixel_size_nm=trained.get("working_pixel_size_nm"))
-        write_json(out / "model" / "recipe.json", self.loop.recipe.as_dict())
-        return RunResult(out=out, micrographs=self.micrographs, instances=self.predictions, table=table,
-                         statistics=statistics, errors=errors)
-
-    def report(self, result, title: str, notes=()) -> None:
-        from .report import write_report
-        images, _ = self.load_synthetic(self.final_round)
-        histories = {stage: read_json(self.stage_dir(stage, self.final_round) / "history.json")
-                     for stage in ("generator", "segmenter")}
-        from .report import run_warnings
-        warnings = run_warnings(histories=histories, statistics=result.statistics,
-                                images=result.run_info.get("images") or {}, diameter_nm=self.sample.diameter_nm,
-                                planned_steps={stage: int(self.loop.profile[f"{stage}_steps"])
-                                               for stage in histories}, kind=self.sample.kind)
-        write_report(self.run.root / "report.html", title=title, micrographs=self.micrographs,
-                     instances=self.predictions, table=result.table, statistics=result.statistics,
-                     run_info=result.run_info, synthetic=list(images[:4]), histories=histories,
-                     metrics=result.run_info.get("metrics"), notes=notes, warnings=warnings)
-
-
-def _image_info(micrograph: Micrograph, calibration: Mapping[str, Any]) -> dict[str, Any]:
-    """What :func:`~emcopilot.analysis.statistics.size_statistics` needs of one image: its shape, the pixel size
-    its nm are reported with (none when the estimate is not credible) and that pixel size's uncertainty."""
-    from ..specimen.pixel_size import reported_pixel_size_nm
-    return {"shape": micrograph.shape, "pixel_size_nm": reported_pixel_size_nm(micrograph),
-            "pixel_size_log_sd": (calibration.get("log_sd") or {}).get("total", 0.0)}
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    import shutil
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -491,7 +427,7 @@ PIPELINE: tuple[Stage, ...] = (
           LoopState.load_predictions),
     Stage("metrics", ("segment",), ("generator", "physics_adapter", "segmenter"),
           lambda state, r, base: {"metrics": state.loop.recipe.as_dict()["metrics"], "seed": state.loop.seed},
-          LoopState.score, LoopState.load_metrics),
+          metrics_stage, load_metrics),
 )
 #: Stage names in order (``--force`` takes one) and the slots each calls (named in error messages).
 STAGES = [stage.name for stage in PIPELINE]

@@ -152,17 +152,18 @@ def _resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def points_to_original(points: np.ndarray, scaling: Scaling) -> np.ndarray:
     """Map (row, column) points from the working grid onto the micrograph's grid."""
-    points = np.asarray(points, float).reshape(-1, 2)
-    if not scaling.resampled:
-        return points
-    ratio = np.divide(scaling.original_shape, scaling.working_shape)
-    return (points + 0.5) * ratio - 0.5
+    return _between_grids(points, scaling, scaling.working_shape, scaling.original_shape)
 
 
 def points_to_working(points: np.ndarray, scaling: Scaling) -> np.ndarray:
     """Map (row, column) points from the micrograph's grid onto the working grid."""
+    return _between_grids(points, scaling, scaling.original_shape, scaling.working_shape)
+
+
+def _between_grids(points: np.ndarray, scaling: Scaling, source: tuple[int, int],
+                   target: tuple[int, int]) -> np.ndarray:
+    """Pixel centres map onto pixel centres: ``(p + 0.5) * target / source - 0.5``."""
     points = np.asarray(points, float).reshape(-1, 2)
     if not scaling.resampled:
         return points
-    ratio = np.divide(scaling.working_shape, scaling.original_shape)
-    return (points + 0.5) * ratio - 0.5
+    return (points + 0.5) * np.divide(target, source) - 0.5
