@@ -37,21 +37,6 @@ def test_fit_recovers_dose_read_noise_psf_and_jitter(counts, read_over_shot, gai
     assert found["jitter_rms_nm"] == pytest.approx(truth["jitter_rms_nm"], rel=0.25)
 
 
-def test_the_noise_of_a_finely_textured_support_under_a_narrow_probe_is_not_its_texture():
-    """A support whose texture is 1.5x the pixel noise at the probe's own scale (FWHM 1.5 px): the
-    residual behind the noise curve must see the noise, not the texture; the probe blurs the texture
-    across the scan lines as much as along them (a high-pass along the lines alone read 1.6x)."""
-    from scipy import ndimage
-
-    from emcopilot_plugins.physics.estimate import noise_curve
-
-    rng = np.random.default_rng(0)
-    texture = ndimage.gaussian_filter(rng.normal(0, 1, (512, 512)), 1.5 / 2.3548)
-    image = 1000 + 1.5 * texture / texture.std() + rng.normal(0, 1, (512, 512))
-    _, variance = noise_curve(image)
-    assert 0.8 < np.median(variance) < 1.25
-
-
 @pytest.mark.shared_data
 def test_fit_on_real_acstem_and_jpeg_images(shared_data):
     acstem = sorted((shared_data / "acstem-dev" / "images").glob("*.tif"))[0]

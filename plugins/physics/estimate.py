@@ -2,10 +2,9 @@
 
 - Noise: Poisson–Gaussian model, variance = gain·(mean - offset) + read²
   (Foi et al., IEEE Trans. Image Process. 17 (2008) 1737), from block-wise
-  local means and the variance of a signal-cancelling residual (a high-pass
-  along and across scan lines, after Immerkær, Comput. Vis. Image Underst. 64
-  (1996) 300). The offset and the read noise are not separable from one image:
-  only the intercept read² - gain·offset is; a positive intercept is read
+  local means and the variance of a signal-cancelling residual along scan
+  lines (after Immerkær, Comput. Vis. Image Underst. 64 (1996) 300). The offset and the
+  read noise are not separable from one image: a positive intercept is read
   as read noise (offset 0), a negative one as an offset (read noise 0).
 - Probe PSF and background spectrum: the power spectrum along scan lines,
   which row jitter leaves intact, fitted with
@@ -56,40 +55,22 @@ def check_image(image: np.ndarray, name: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- noise
 
-#: The noise residual's kernels: a fourth difference along scan lines and a second difference across
-#: them, each scaled to unit noise gain (the sum of its squared weights is 1).
-ROW_KERNEL = np.array([1.0, -4.0, 6.0, -4.0, 1.0]) / math.sqrt(70.0)
-COLUMN_KERNEL = np.array([1.0, -2.0, 1.0]) / math.sqrt(6.0)
-
-
-def _autocorrelation_sum(kernel: np.ndarray) -> float:
-    """Σρ² of the kernel's output autocorrelation on white noise (1 + 2·Σ_lag ρ(lag)²)."""
-    rho = np.correlate(kernel, kernel, "full") / float(kernel @ kernel)
-    return float(np.sum(rho ** 2))
-
-
-#: Σρ² of the residual: 2.63 along rows (ρ = 1, -0.8, 0.4, -0.114, 0.014) times 1.94 across them.
-RESIDUAL_CORRELATION = _autocorrelation_sum(ROW_KERNEL) * _autocorrelation_sum(COLUMN_KERNEL)
-
-
 def noise_residual(image: np.ndarray) -> np.ndarray:
-    """Fourth difference along scan lines times a second difference across them, unit noise gain.
+    """Fourth difference along scan lines, [1, -4, 6, -4, 1] / sqrt(70).
 
-    Pixel noise is white; the specimen reaches the detector through the probe,
-    which blurs it in both directions. A high-pass along the rows alone (the
-    idea of Immerkær's estimator, Comput. Vis. Image Underst. 64 (1996) 300)
-    keeps specimen detail that is fine across the rows; the second difference
-    across them removes it too, so var(residual) is the white noise's variance
-    and far less of the specimen's. Scan jitter shifts whole rows: across rows
-    it changes the specimen's detail by ``shift · gradient``, which the
-    fourth difference along the rows removes as it removes the detail itself.
-    On raw detector counts both residuals give the same variance (the
-    acstem-dev frames: within 4 %); on frames with a sharp, strongly textured
-    support the row-only residual counted that texture as noise (twice to
-    four times the gain in ``benchmarks/fit_recovery.py``).
+    It cancels any cubic trend along the row and has unit noise gain (sum of
+    squared weights = 1), so var(residual) = variance of white noise (the
+    idea of Immerkær's estimator, restricted to rows: shifts between rows from
+    scan jitter must not count as noise). A high-pass across the rows as well
+    would count less of a sharp specimen's texture as noise, but on exported
+    micrographs (JPEG, resampled), whose noise is correlated across rows, it
+    reads less noise than they show, and the synthetic images rendered at that
+    noise look less like them (``benchmarks/closed_loop.py``: lower label-free
+    and real scores); the noise the synthetic images need is the noise along
+    the scan lines.
     """
-    along = ndimage.correlate1d(image, ROW_KERNEL, axis=1, mode="reflect")[:, 2:-2]
-    return ndimage.correlate1d(along, COLUMN_KERNEL, axis=0, mode="reflect")[1:-1]
+    kernel = np.array([1.0, -4.0, 6.0, -4.0, 1.0]) / math.sqrt(70.0)
+    return ndimage.correlate1d(image, kernel, axis=1, mode="reflect")[:, 2:-2]
 
 
 def _blocks(array: np.ndarray, block: int) -> np.ndarray:
@@ -102,16 +83,16 @@ def noise_curve(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(local mean, noise variance) per intensity bin, from 16x16 blocks.
 
     The median block variance of each bin is used (blocks crossing edges have
-    inflated variance) and divided by the median of χ²_ν/ν (Wilson–Hilferty)
-    for the residual's ν = 256 / Σρ² effective degrees of freedom
-    (:data:`RESIDUAL_CORRELATION`).
+    inflated variance) and divided by the median of χ²_ν/ν for the residual's
+    ν ≈ 256 / 2.63 effective degrees of freedom (the residual's autocorrelation
+    1, -0.8, 0.4, -0.114, 0.014 gives Σρ² = 2.63).
     """
     residual = noise_residual(image)
-    means = _blocks(image[1:-1, 2:-2], NOISE_BLOCK_PX).mean(axis=1)
+    means = _blocks(image[:, 2:-2], NOISE_BLOCK_PX).mean(axis=1)
     variances = (_blocks(residual, NOISE_BLOCK_PX) ** 2).mean(axis=1)
     order = np.argsort(means)
     bins = np.array_split(order, min(NOISE_BINS, max(2, len(order) // 8)))
-    dof = NOISE_BLOCK_PX ** 2 / RESIDUAL_CORRELATION
+    dof = NOISE_BLOCK_PX ** 2 / 2.63
     median_bias = (1 - 2 / (9 * dof)) ** 3
     curve_mean = np.array([np.median(means[b]) for b in bins])
     curve_var = np.array([np.median(variances[b]) for b in bins]) / median_bias
