@@ -81,6 +81,21 @@ def test_learns_toy_particles(particle_model):
     assert min(scores) > 0.9, scores
 
 
+def test_a_frame_that_would_not_fit_in_memory_is_refused_by_name_before_it_is_computed(particle_model,
+                                                                                       monkeypatch):
+    from emcopilot.core.errors import InputError
+    from emcopilot_plugins.segmenters import tiling
+
+    segmenter, _ = particle_model
+    image, _ = toy_particles(7)
+    tiling.check_memory("x.tif", (8192, 8192), (8192, 8192), available=2**40)  # a terabyte: fits
+    monkeypatch.setattr(tiling, "available_memory_bytes", lambda: 1000)  # a kilobyte left
+    with pytest.raises(InputError, match=r"big\.tif: segmenting this 96x96 frame .* GiB is available"):
+        segmenter.predict(Micrograph(image, pixel_size_nm=0.1, name="big.tif"))
+    monkeypatch.setattr(tiling, "available_memory_bytes", lambda: None)  # not known: no check
+    assert segmenter.predict(Micrograph(image, pixel_size_nm=0.1)).labels.shape == image.shape
+
+
 @pytest.mark.slow
 def test_learns_toy_atoms():
     torch.set_num_threads(1)
@@ -379,8 +394,9 @@ def test_watershed_seeds_split_touching_particles_but_not_a_rippled_one():
 
 
 def test_seed_maxima_found_blob_by_blob_equal_those_of_the_whole_frame():
+    from scipy import ndimage
     from skimage.morphology import local_maxima, reconstruction
-    from emcopilot_plugins.segmenters.instances import _h_maxima
+    from emcopilot_plugins.segmenters.instances import _seeds
 
     rng = np.random.default_rng(3)
     rows, cols = np.mgrid[:120, :160]
@@ -393,7 +409,66 @@ def test_seed_maxima_found_blob_by_blob_equal_those_of_the_whole_frame():
     inside = np.where(mask, distance, 0.0)
     for dynamic in (0.05, 0.1, 0.2):
         whole = local_maxima(reconstruction(inside - dynamic, inside, method="dilation"), connectivity=2) & mask
-        assert np.array_equal(_h_maxima(inside, mask, dynamic), whole)
+        blobs, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        assert np.array_equal(_seeds(inside, blobs, ndimage.find_objects(blobs), dynamic, 0.0), whole)
+
+
+def _bumps(seed: int, shape=(120, 160), count=25) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    distance = np.zeros(shape)
+    for _ in range(count):  # overlapping bumps: blobs with several maxima, some at the frame's edge
+        r, c, s = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
+        distance = np.maximum(distance, rng.uniform(0.3, 1) * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * s * s)))
+    return np.clip(distance + rng.normal(0, 0.02, shape), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("dynamic", [0.0, 0.1])
+def test_particles_flooded_blob_by_blob_are_those_of_one_whole_frame_flood(dynamic):
+    """The watershed runs in each foreground blob's box, the growth in tiles (memory that follows the
+    largest blob and the tile, not the frame): the labels, ids and scores of one flood of the frame."""
+    from scipy import ndimage
+    from skimage.morphology import local_maxima, reconstruction
+    from skimage.segmentation import expand_labels, relabel_sequential, watershed
+
+    from emcopilot_plugins.segmenters.instances import particles_from_maps
+
+    distance = _bumps(5, (150, 170), 40)
+    foreground = np.clip(1.6 * distance, 0, 1)
+    mask = foreground >= 0.25
+    inside = np.where(mask, distance, 0).astype(np.float64)
+    seeds = (local_maxima(reconstruction(inside - dynamic, inside, method="dilation"), connectivity=2)
+             if dynamic else inside > 0) & mask
+    markers, _ = ndimage.label(seeds, structure=np.ones((3, 3)))
+    whole = watershed(-inside, markers, mask=mask)
+    orphans, _ = ndimage.label(mask & (whole == 0), structure=np.ones((3, 3)))
+    whole = np.where(orphans > 0, orphans + whole.max(), whole).astype(np.int32)
+    means = ndimage.mean(foreground, whole, np.arange(1, whole.max() + 1))
+    areas = np.bincount(whole.ravel())[1:]
+    keep = np.concatenate([[False], (areas >= 12) & (means >= 0.4)])
+    whole[~keep[whole]] = 0
+    whole = expand_labels(relabel_sequential(whole)[0], 1.5)
+
+    labels, scores = particles_from_maps(foreground, distance, foreground_threshold=0.25, seed_dynamic=dynamic,
+                                         min_area_px=12, grow_px=1.5, min_score=0.4)
+    assert labels.max() > 10 and labels.dtype == np.int32
+    assert np.array_equal(labels, whole)
+    np.testing.assert_array_equal(scores, means[keep[1:]].astype(np.float32))
+
+
+@pytest.mark.parametrize("tile_px", [7, 16, 64, 500])
+def test_labels_grown_tile_by_tile_are_those_grown_at_once(tile_px):
+    from skimage.segmentation import expand_labels
+
+    from emcopilot_plugins.segmenters.instances import expand_labels_tiled
+
+    rng = np.random.default_rng(tile_px)
+    labels = np.zeros((90, 130), np.int32)
+    for index in range(1, 60):  # small objects, some touching, some at the edges
+        r, c = rng.integers(0, 90), rng.integers(0, 130)
+        labels[max(0, r - 1):r + 2, max(0, c - 2):c + 2] = index
+    for distance in (1.0, 2.5, 4.0):
+        assert np.array_equal(expand_labels_tiled(labels, distance, tile_px), expand_labels(labels, distance))
 
 
 def test_grown_particles_reach_outward_without_merging_and_keep_their_scores():

@@ -8,6 +8,8 @@ disks as labels, optional grouping of close atoms into clusters.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -63,6 +65,12 @@ def points_of(labels: np.ndarray | None, points: np.ndarray | None) -> np.ndarra
 
 # --------------------------------------------------------------------------- post-processing
 
+#: 8-connectivity: foreground blobs and seeds as one object where they touch at a corner
+_EIGHT = np.ones((3, 3), bool)
+#: :func:`expand_labels_tiled` works on tiles this many pixels on a side (plus a margin)
+GROW_TILE_PX = 1024
+
+
 def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foreground_threshold: float,
                         seed_dynamic: float, min_area_px: float,
                         seed_threshold: float = 0.0, grow_px: float = 0.0,
@@ -83,24 +91,38 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     the scores (each particle's mean foreground probability) stay those of the
     particle before it grew. Particles smaller than ``min_area_px`` or scoring
     below ``min_score`` are dropped first.
+
+    Memory: the seeds and the flooding are computed one foreground blob at a
+    time in its bounding box (a flood never leaves its blob, so this is the
+    whole-frame watershed, ids included) and the growth tile by tile, so
+    beyond the label image the working memory follows the largest blob and
+    the tile, not the frame.
     """
     from scipy import ndimage
-    from skimage.segmentation import watershed
+    from skimage.segmentation import relabel_sequential, watershed
 
     mask = foreground >= foreground_threshold
-    inside = np.where(mask, distance, 0).astype(np.float64)
-    if seed_dynamic > 0:
-        # the h-maxima transform: maxima shallower than h merge into the plateau of their higher neighbour
-        peaks = _h_maxima(inside, mask, seed_dynamic)
-    else:
-        peaks = inside > 0
-    markers, n_markers = ndimage.label(peaks & mask & (inside >= seed_threshold), structure=np.ones((3, 3)))
-    labels = watershed(-inside, markers, mask=mask) if n_markers else np.zeros(mask.shape, np.int32)
+    blobs, _ = ndimage.label(mask, structure=_EIGHT)
+    boxes = ndimage.find_objects(blobs)
+    seeds = _seeds(distance, blobs, boxes, seed_dynamic, seed_threshold)
+    markers, n_markers = ndimage.label(seeds, structure=_EIGHT)  # numbered over the frame, as one flood would
+    del seeds
+    labels = np.zeros(mask.shape, np.int32)
+    for index, box in enumerate(boxes, start=1) if n_markers else ():
+        if box is None:
+            continue
+        region = blobs[box] == index
+        crop_markers = np.where(region, markers[box], 0)
+        if crop_markers.any():
+            inside = np.where(region, distance[box], 0).astype(np.float64)
+            labels[box][region] = watershed(-inside, crop_markers, mask=region)[region]
+    del markers, blobs
     # foreground blobs without a seed are objects too
-    orphans, n_orphans = ndimage.label(mask & (labels == 0))
+    orphans, n_orphans = ndimage.label(mask & (labels == 0), structure=_EIGHT)
     if n_orphans:
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    labels = labels.astype(np.int32)
+        unseeded = orphans > 0
+        labels[unseeded] = orphans[unseeded] + labels.max()
+    del orphans, mask
     if labels.max() == 0:
         return labels, np.zeros(0, np.float32)
     areas = np.bincount(labels.ravel())
@@ -108,14 +130,63 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     keep = (areas > 0) & (areas >= min_area_px) & (means >= min_score)
     keep[0] = False
     labels[~keep[labels]] = 0
-    from skimage.segmentation import relabel_sequential
-    labels = relabel_sequential(labels)[0].astype(np.int32)  # kept labels stay in order: scores follow
+    labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)  # kept labels stay in order: scores follow
     count = int(labels.max())
     scores = means[keep]
     if grow_px > 0 and count:
-        from skimage.segmentation import expand_labels
-        labels = expand_labels(labels, grow_px).astype(np.int32)
+        labels = expand_labels_tiled(labels, grow_px)
     return labels, np.asarray(scores, np.float32)
+
+
+def _seeds(distance: np.ndarray, blobs: np.ndarray, boxes: list, dynamic: float, threshold: float) -> np.ndarray:
+    """The watershed's seed pixels: per foreground blob, the maxima of the distance map of at least
+    ``dynamic`` depth (every pixel of the blob with ``dynamic`` 0), at least ``threshold`` high.
+
+    The distance is 0 outside the blob, so a reconstruction by dilation never crosses from one blob
+    to another: in each blob's box it finds the maxima it would find on the whole frame, at a
+    fraction of the cost (it sorts every pixel it is given; particles cover a few per cent of a frame)."""
+    seeds = np.zeros(blobs.shape, bool)
+    for index, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        if dynamic > 0:  # a pixel of margin keeps the blob's rim off the crop's edge, which local_maxima skips
+            box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
+        region = blobs[box] == index
+        inside = np.where(region, distance[box], 0).astype(np.float64)
+        found = _blob_h_maxima(inside, dynamic) if dynamic > 0 else inside > 0
+        seeds[box] |= found & region & (inside >= threshold)
+    return seeds
+
+
+def _blob_h_maxima(crop: np.ndarray, dynamic: float) -> np.ndarray:
+    """Regional maxima of at least ``dynamic`` depth of one blob's crop (0 outside the blob)."""
+    from skimage.morphology import local_maxima, reconstruction
+    return local_maxima(reconstruction(crop - dynamic, crop, method="dilation"), connectivity=2, allow_borders=True)
+
+
+def expand_labels_tiled(labels: np.ndarray, distance_px: float, tile_px: int = GROW_TILE_PX) -> np.ndarray:
+    """``skimage.segmentation.expand_labels(labels, distance_px)``, one tile at a time.
+
+    Each tile is expanded with a margin wider than the growth, so every pixel
+    sees every label that can reach it; the distance transform behind the
+    growth (a float and two indices per pixel) then takes a tile's memory,
+    not a frame's.
+    """
+    from skimage.segmentation import expand_labels
+
+    margin = int(math.ceil(distance_px)) + 2
+    out = np.zeros_like(labels)
+    rows, cols = labels.shape
+    for r0 in range(0, rows, tile_px):
+        for c0 in range(0, cols, tile_px):
+            r1, c1 = min(rows, r0 + tile_px), min(cols, c0 + tile_px)
+            a0, b0 = max(0, r0 - margin), max(0, c0 - margin)
+            crop = labels[a0:min(rows, r1 + margin), b0:min(cols, c1 + margin)]
+            if not crop.any():
+                continue
+            grown = expand_labels(crop, distance_px)
+            out[r0:r1, c0:c1] = grown[r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+    return out
 
 
 def add_unmatched(labels: np.ndarray, scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray, *,
@@ -205,32 +276,6 @@ def outlines_from_atoms(image: np.ndarray, labels: np.ndarray, *, sigma_px: floa
     redrawn = disk_labels(np.concatenate(points), np.concatenate(ids), labels.shape, radius_px) if points else kept
     redrawn = np.where((redrawn == 0) & (kept > 0), kept, redrawn)
     return cluster_outlines(redrawn, radius_px), atoms
-
-
-def _h_maxima(inside: np.ndarray, mask: np.ndarray, dynamic: float) -> np.ndarray:
-    """Regional maxima of ``inside`` of at least ``dynamic`` depth, one foreground blob at a time.
-
-    ``inside`` is 0 outside ``mask``, so a reconstruction by dilation never
-    crosses from one blob to another: computing it in each blob's bounding
-    box gives the same maxima as on the whole frame at a fraction of the cost
-    (the reconstruction sorts every pixel it is given, and particles cover a
-    few per cent of a frame).
-    """
-    from scipy import ndimage
-    from skimage.morphology import local_maxima, reconstruction
-
-    peaks = np.zeros(inside.shape, bool)
-    blobs, _ = ndimage.label(mask, structure=np.ones((3, 3)))
-    for index, box in enumerate(ndimage.find_objects(blobs), start=1):
-        if box is None:
-            continue
-        # one pixel of margin keeps a blob's rim off the crop's edge (local_maxima ignores the border otherwise)
-        box = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in box)
-        crop = np.where(blobs[box] == index, inside[box], 0.0)
-        local = local_maxima(reconstruction(crop - dynamic, crop, method="dilation"), connectivity=2,
-                             allow_borders=True)
-        peaks[box] |= local & (blobs[box] == index)
-    return peaks
 
 
 def atoms_from_heatmap(heatmap: np.ndarray, *, threshold: float, min_distance_px: float, disk_radius_px: float,

@@ -53,7 +53,7 @@ from emcopilot.specimen.scale import labels_to_original, plan_scaling, points_to
 from . import instances as post
 from .network import UNet, inference_network, resolve_device  # noqa: F401  (importable from here)
 from .preprocess import normalise, smooth_background  # noqa: F401
-from .tiling import pad_to, tile_starts, tile_side, blend_window
+from .tiling import blend_window, check_memory, pad_to, tile_side, tile_starts
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,9 @@ class UNetSegmenter:
                     total[:, r:r + tile_h, c:c + tile_w] += probability * weight
                     norm[r:r + tile_h, c:c + tile_w] += weight
         self.last_tiles = len(starts)
-        return (total / norm)[:, :height, :width]
+        del padded
+        total /= norm  # in place: the maps are the one frame-sized array this returns
+        return total[:, :height, :width]
 
     def _forward_averaged(self, net: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
         """Sigmoid outputs averaged over the first ``test_time_flips`` symmetries of the square.
@@ -452,8 +454,8 @@ class UNetSegmenter:
             self._warned_uncalibrated = True
         scaling = plan_scaling(micrograph.shape, micrograph.pixel_size_nm, self.working_pixel_size_nm,
                                micrograph.name)
-        image = normalise(to_working(micrograph.data, scaling), **self.normalisation)
-        maps = self.predict_maps(image)
+        check_memory(micrograph.name, micrograph.shape, scaling.working_shape)
+        maps = self.predict_maps(normalise(to_working(micrograph.data, scaling), **self.normalisation))
         metadata = {"segmenter": "unet", "mode": self.mode, **scaling.as_dict(), "tiles": self.last_tiles,
                     "device": str(self.device)}
         if self.mode == "particles":
