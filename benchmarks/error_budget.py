@@ -74,18 +74,20 @@ def summarise(row: str, result: dict) -> dict:
         per_image = {item["image"]: item["f1"] for item in result.get("per_image") or []}
         extra = {"stage_times_s": result.get("stage_times_s")}
     pooled = result["pooled"]
-    keys = ("f1", "precision", "recall", "mean_diameter_rel_error", "ks_statistic")
+    keys = ("f1", "precision", "recall", "mean_diameter_rel_error", "ks_statistic", "near_misses")
     return {"pooled": {key: pooled.get(key) for key in keys if key in pooled}, "per_image_f1": per_image, **extra}
 
 
 def table(rows: dict) -> str:
-    lines = ["| row | F1 | precision | recall | mean-diameter error | lowest image F1 | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | F1 | precision | recall | F1 had the near misses been placed | mean-diameter error | "
+             "lowest image F1 | wall s |", "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         pooled, per_image = row["pooled"], row["per_image_f1"]
         size = pooled.get("mean_diameter_rel_error")
         worst = min(per_image.items(), key=lambda item: item[1]) if per_image else ("", float("nan"))
+        placed = (pooled.get("near_misses") or {}).get("f1_if_placed")
         lines.append(f"| {name} | {pooled['f1']:.3f} | {pooled['precision']:.3f} | {pooled['recall']:.3f} | "
+                     f"{'' if placed is None else f'{placed:.3f}'} | "
                      f"{'' if size is None else f'{100 * size:+.1f} %'} | {worst[1]:.2f} ({worst[0]}) | "
                      f"{row['wall_s']:.0f} |")
     return "\n".join(lines)

@@ -107,6 +107,30 @@ def test_masks_format_uses_the_runs_label_images(tmp_path):
     assert report["pooled"]["f1"] == 1.0 and report["images"][0]["n_true"] == 2
 
 
+def test_near_misses_say_which_errors_are_outlines_and_which_are_missing_objects():
+    from emcopilot.analysis.matching import Objects, match, near_misses
+
+    truth = Objects("boxes", boxes=np.array([
+        [0, 0, 10, 10],      # found exactly
+        [20, 0, 30, 10],     # found shifted: IoU 0.33
+        [40, 0, 50, 10], [50, 0, 60, 10],  # two touching, found as one box (a merge)
+        [70, 0, 94, 20],     # one large, found as three thirds (a split)
+        [100, 0, 110, 10],   # missed: nothing near
+    ], float))
+    prediction = Objects("boxes", boxes=np.array([
+        [0, 0, 10, 10], [25, 0, 35, 10], [40, 0, 61, 10], [70, 0, 78, 20], [78, 0, 86, 20], [86, 0, 94, 20],
+        [200, 0, 210, 10],   # a false positive with nothing near
+    ], float))
+    matching = match(prediction, truth)
+    assert (matching.tp, matching.fp, matching.fn) == (1, 6, 5)
+    nearly = near_misses(prediction, truth, matching)
+    assert {k: nearly[k] for k in ("predictions", "truths", "merges", "splits")} == \
+        {"predictions": 5, "truths": 4, "merges": 1, "splits": 3}
+    assert nearly["f1_if_placed"] == pytest.approx(2 * 5 / (2 * 5 + 2 + 1))
+    points = Objects("points", points=np.zeros((1, 2)))
+    assert near_misses(points, points, match(points, points, radius_px=1)) is None
+
+
 def test_points_reader_names_missing_columns(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from .matching import (KINDS, Matching, Objects, as_objects, box_iou, detection_scores, diameters_of,  # noqa: F401
-                       dice_iou, label_geometry, match, objects_from_table, optimal_matching, point_radius_px,
+                       NEAR_MISS_IOU, dice_iou, label_geometry, match, near_misses, objects_from_table, optimal_matching, point_radius_px,
                        size_distribution, table_pixel_size_nm)
 from .truth import (IMAGE_EXTENSIONS, image_shape, leading_token, pair_truth_files, read_mask_truth,  # noqa: F401
                     read_points_truth, read_yolo_truth, image_stem)
@@ -112,6 +112,8 @@ def evaluate_run(pred: Path, truth: Sequence[Path], settings: EvaluationSettings
         for index, key in enumerate(("tp", "fp", "fn")):
             totals[index] += int(row[key])
     pooled = {"images": len(rows), **detection_scores(*totals)}
+    if rows and all("near_misses" in row for row in rows):
+        pooled["near_misses"] = _pooled_near_misses(rows, totals)
     if pooled_true:
         pooled.update(size_distribution(np.concatenate(pooled_pred) if pooled_pred else [], np.concatenate(pooled_true)))
     return {"pred": str(pred_path), "truth": [str(t) for t in truth], "format": fmt,
@@ -120,6 +122,16 @@ def evaluate_run(pred: Path, truth: Sequence[Path], settings: EvaluationSettings
             "images": rows, "pooled": pooled,
             "unmatched_truth_files": [str(p) for p in unmatched],
             "images_without_truth": sorted(names - set(paired))}
+
+
+def _pooled_near_misses(rows: Sequence[Mapping[str, Any]], totals: Sequence[int]) -> dict[str, Any]:
+    """The images' near misses summed, and the pooled F1 had each image's been placed."""
+    keys = ("predictions", "truths", "merges", "splits")
+    out: dict[str, Any] = {key: int(sum(row["near_misses"][key] for row in rows)) for key in keys}
+    placed = sum(min(row["near_misses"]["predictions"], row["near_misses"]["truths"]) for row in rows)
+    tp, fp, fn = totals
+    out["f1_if_placed"] = detection_scores(tp + placed, fp - placed, fn - placed)["f1"]
+    return out
 
 
 def _evaluate_image(image: str, image_table: Any, truth_path: Path, settings: EvaluationSettings,
@@ -150,6 +162,9 @@ def _evaluate_image(image: str, image_table: Any, truth_path: Path, settings: Ev
                      radius_px=settings.radius_px, radius_nm=settings.radius_nm)
     row: dict[str, Any] = {"image": image, "truth_file": truth_path.name, "n_pred": matching.n_pred,
                            "n_true": matching.n_true, **matching.summary()}
+    nearly = near_misses(prediction, truth, matching)
+    if nearly is not None:
+        row["near_misses"] = nearly
     if true_diameters is not None and "eq_diameter_px" in image_table.columns:
         predicted = (image_table["eq_diameter_px"].to_numpy(float) if settings.format != "masks"
                      else label_geometry(prediction.labels)[2])
@@ -177,6 +192,12 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(line(row["image"], row))
     lines.append("-" * len(header))
     lines.append(line(f"pooled ({report['pooled']['images']} images)", report["pooled"]))
+    nearly = report["pooled"].get("near_misses")
+    if nearly and (nearly["predictions"] or nearly["truths"]):
+        lines.append(f"near misses (box IoU {NEAR_MISS_IOU}-{report['settings']['iou_threshold']}): "
+                     f"{nearly['predictions']} predictions, {nearly['truths']} true objects "
+                     f"({nearly['merges']} merges, {nearly['splits']} splits); F1 {nearly['f1_if_placed']:.3f} "
+                     f"had they been placed")
     if report["unmatched_truth_files"]:
         lines.append(f"{len(report['unmatched_truth_files'])} truth file(s) matched no predicted image: "
                      + ", ".join(Path(p).name for p in report["unmatched_truth_files"]))

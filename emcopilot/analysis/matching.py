@@ -230,14 +230,17 @@ def _label_candidates(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return rows, cols, iou, n_pred, n_true
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of half-open boxes ``x0, y0, x1, y1``: (len(a), len(b))."""
+def _box_intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas of half-open boxes ``x0, y0, x1, y1`` (len(a), len(b)), and their areas."""
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     height = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = width * height
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return width * height, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of half-open boxes ``x0, y0, x1, y1``: (len(a), len(b))."""
+    inter, area_a, area_b = _box_intersections(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -270,6 +273,49 @@ def match(prediction: Any, truth: Any, *, iou_threshold: float = 0.5, radius_px:
     values = np.linalg.norm(pred.points[rows] - true.points[cols], axis=1)
     pairs, costs = optimal_matching(rows, cols, values / radius if radius > 0 else values, n_pred, n_true)
     return Matching(pairs, costs * radius, n_pred, n_true, kind)
+
+
+#: :func:`near_misses`: an unmatched object overlapping one of the other side by at least this box IoU
+NEAR_MISS_IOU = 0.2
+
+
+def near_misses(prediction: Any, truth: Any, matching: Matching, *, low: float = NEAR_MISS_IOU) -> dict[str, int] | None:
+    """What the false positives and misses of a box or label ``matching`` are (``None`` for points).
+
+    ``predictions`` / ``truths``: the unmatched objects that overlap one of the other side by a box
+    IoU of at least ``low`` (found in the right place with the wrong outline, not missed); of those
+    predictions, ``merges`` cover two or more true objects (each more than half inside its box) and
+    ``splits`` lie mostly inside a true object that holds another such prediction. ``f1_if_placed``
+    is the F1 had every such prediction matched one such truth: how much of the gap is where the
+    outlines go, not what was found.
+    """
+    pred, true = as_objects(prediction, "prediction"), as_objects(truth, "truth")
+    if "points" in (pred.kind, true.kind, matching.kind):
+        return None
+    boxes_pred, boxes_true = pred.as_kind("boxes").boxes, true.as_kind("boxes").boxes
+    unmatched_pred = np.setdiff1d(np.arange(len(boxes_pred)), matching.pairs[:, 0])
+    unmatched_true = np.setdiff1d(np.arange(len(boxes_true)), matching.pairs[:, 1])
+    out = {"predictions": 0, "truths": 0, "merges": 0, "splits": 0}
+    if len(boxes_pred) and len(boxes_true):
+        iou = box_iou(boxes_pred, boxes_true)
+        near_pred = unmatched_pred[iou[unmatched_pred].max(axis=1) >= low]
+        near_true = unmatched_true[iou[:, unmatched_true].max(axis=0) >= low]
+        inside_true = _inside_fraction(boxes_true, boxes_pred) > 0.5  # (true, pred): true mostly in pred's box
+        inside_pred = _inside_fraction(boxes_pred, boxes_true) > 0.5  # (pred, true)
+        merges = inside_true[:, near_pred].sum(axis=0) >= 2
+        holders = inside_pred.sum(axis=0) >= 2  # true objects holding two or more predictions
+        splits = ~merges & (inside_pred[near_pred] & holders[None, :]).any(axis=1)
+        out = {"predictions": int(len(near_pred)), "truths": int(len(near_true)),
+               "merges": int(merges.sum()), "splits": int(splits.sum())}
+    placed = min(out["predictions"], out["truths"])
+    out["f1_if_placed"] = detection_scores(matching.tp + placed, matching.fp - placed, matching.fn - placed)["f1"]
+    return out
+
+
+def _inside_fraction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)): the share of each box of ``a`` that lies inside each box of ``b``."""
+    inter, area_a, _ = _box_intersections(a, b)
+    return np.divide(inter, area_a[:, None], out=np.zeros_like(inter), where=area_a[:, None] > 0)
 
 
 def point_radius_px(radius_px: float | None, radius_nm: float | None, pixel_size_nm: float | None) -> float:
