@@ -441,7 +441,7 @@ def test_particles_flooded_blob_by_blob_are_those_of_one_whole_frame_flood(dynam
              if dynamic else inside > 0) & mask
     markers, _ = ndimage.label(seeds, structure=np.ones((3, 3)))
     whole = watershed(-inside, markers, mask=mask)
-    orphans, _ = ndimage.label(mask & (whole == 0), structure=np.ones((3, 3)))
+    orphans, _ = ndimage.label(mask & (whole == 0))
     whole = np.where(orphans > 0, orphans + whole.max(), whole).astype(np.int32)
     means = ndimage.mean(foreground, whole, np.arange(1, whole.max() + 1))
     areas = np.bincount(whole.ravel())[1:]

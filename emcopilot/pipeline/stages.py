@@ -96,7 +96,6 @@ class LoopState:
         # each micrograph's number in the stage folders' file names: its place among the micrographs
         # read, kept when a micrograph the prior extractor failed on leaves the run
         self.numbers = list(range(len(micrographs)))
-        self.failed: list[tuple[str, str]] = []  # (micrograph, why the prior extractor failed on it)
         self.sample = loop.recipe.sample
         self.working_px = float(self.sample.working_pixel_size_nm)
         self.priors: list[Instances] = []
@@ -214,15 +213,15 @@ class LoopState:
     def load_priors(self, round_index: int) -> None:
         directory = self.stage_dir("extract", round_index)
         failed = read_json(directory / "failed.json") if (directory / "failed.json").exists() else {}
-        if failed:  # those micrographs leave the run; the run goes on with the others
-            self.failed = [(m.name, f"{m.name}: the prior extractor failed: {failed[str(number)]}")
-                           for m, number in zip(self.micrographs, self.numbers) if str(number) in failed]
+        rows = [(m.name, f"{m.name}: the prior extractor failed: {failed[str(number)]}")
+                for m, number in zip(self.micrographs, self.numbers) if str(number) in failed]
+        if rows:  # those micrographs leave the run; the run goes on with the others
             kept = [i for i, number in enumerate(self.numbers) if str(number) not in failed]
             self.micrographs = [self.micrographs[i] for i in kept]
             self.numbers = [self.numbers[i] for i in kept]
-            self.loop.add_errors(self.failed)
+            self.loop.add_errors(rows)
         if not self.micrographs:
-            raise EmcopilotError(f"the prior extractor failed on every micrograph ({self.failed[0][1]}); "
+            raise EmcopilotError(f"the prior extractor failed on every micrograph ({rows[0][1]}); "
                                  f"see {self.run.root / 'errors.csv'}")
         calibration = read_json(directory / "calibration.json")
         self.loop.calibration = calibration

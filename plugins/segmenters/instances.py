@@ -108,8 +108,8 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
     markers, n_markers = ndimage.label(seeds, structure=_EIGHT)  # numbered over the frame, as one flood would
     del seeds
     labels = np.zeros(mask.shape, np.int32)
-    for index, box in enumerate(boxes, start=1) if n_markers else ():
-        if box is None:
+    for index, box in enumerate(boxes, start=1):
+        if box is None or not n_markers:
             continue
         region = blobs[box] == index
         crop_markers = np.where(region, markers[box], 0)
@@ -117,8 +117,8 @@ def particles_from_maps(foreground: np.ndarray, distance: np.ndarray, *, foregro
             inside = np.where(region, distance[box], 0).astype(np.float64)
             labels[box][region] = watershed(-inside, crop_markers, mask=region)[region]
     del markers, blobs
-    # foreground blobs without a seed are objects too
-    orphans, n_orphans = ndimage.label(mask & (labels == 0), structure=_EIGHT)
+    # foreground blobs without a seed are objects too (4-connected, as the flood's pixels are)
+    orphans, n_orphans = ndimage.label(mask & (labels == 0))
     if n_orphans:
         unseeded = orphans > 0
         labels[unseeded] = orphans[unseeded] + labels.max()
